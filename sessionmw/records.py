@@ -35,7 +35,7 @@ class SessionRecord:
     status: SessionStatus
     expires_at: float | None = None
     issued_at: float | None = None
-    data: Mapping[str, Any] = field(default=_EMPTY)
+    data: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
 
     @property
     def active(self) -> bool:
