@@ -58,7 +58,7 @@ def _opt_time(raw: Mapping[str, Any], key: str) -> float | None:
         raise MalformedRecord(f"{key} is not a number")
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise MalformedRecord(f"{key} is not a number") from None
     if not math.isfinite(number):
         raise MalformedRecord(f"{key} is not finite")
@@ -71,7 +71,7 @@ def _data(value: Any) -> Mapping[str, Any]:
     if isinstance(value, (bytes, str)):
         try:
             value = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise MalformedRecord("data is not valid JSON") from None
     if not isinstance(value, Mapping):
         raise MalformedRecord("data is not a JSON object")
@@ -83,10 +83,13 @@ def build_record(session_id: str, raw: Mapping[str, Any]) -> SessionRecord:
 
     Values may be ``str`` or ``bytes`` (Redis hashes) or native JSON types.
     """
-    fields = {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in raw.items()
-    }
+    try:
+        fields = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in raw.items()
+        }
+    except UnicodeDecodeError:
+        raise MalformedRecord("a field is not valid UTF-8") from None
     user_id = fields.get("user_id")
     if not isinstance(user_id, str) or not user_id:
         raise MalformedRecord("user_id missing or not a string")
