@@ -1,0 +1,71 @@
+"""Remembering ``webhook-id`` values so a retried hook call is applied once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Protocol
+
+
+class ReplayGuard(Protocol):
+    """Claims a webhook ID for the tolerance window; a second claim fails."""
+
+    def claim(self, webhook_id: str) -> bool:
+        """True if the ID was not seen within the window (and is now remembered)."""
+        ...
+
+    def release(self, webhook_id: str) -> None:
+        """Forget an ID whose delivery could not be completed, so a retry is applied."""
+        ...
+
+    async def aclaim(self, webhook_id: str) -> bool: ...
+
+    async def arelease(self, webhook_id: str) -> None: ...
+
+
+class LocalReplayGuard:
+    """In-process replay memory, bounded in size and time (``local://`` bus)."""
+
+    def __init__(
+        self,
+        window: float = 600.0,
+        max_ids: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._window = window
+        self._max = max_ids
+        self._clock = clock
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def claim(self, webhook_id: str) -> bool:
+        now = self._clock()
+        with self._lock:
+            seen = self._seen
+            while seen:
+                oldest, expiry = next(iter(seen.items()))
+                if expiry > now and len(seen) < self._max:
+                    break
+                del seen[oldest]
+            expiry = seen.get(webhook_id)
+            if expiry is not None and expiry > now:
+                return False
+            seen[webhook_id] = now + self._window
+            seen.move_to_end(webhook_id)
+            return True
+
+    def release(self, webhook_id: str) -> None:
+        with self._lock:
+            self._seen.pop(webhook_id, None)
+
+    async def aclaim(self, webhook_id: str) -> bool:
+        return self.claim(webhook_id)
+
+    async def arelease(self, webhook_id: str) -> None:
+        self.release(webhook_id)
+
+    def reset(self) -> None:
+        """Recreate the lock (after a fork)."""
+        self._lock = threading.Lock()
