@@ -228,7 +228,9 @@ class Settings:
         return cls(**values)
 
     @classmethod
-    def coerce(cls, settings: Settings | Mapping[str, Any] | None = None, **kwargs: Any) -> Settings:
+    def coerce(
+        cls, settings: Settings | Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> Settings:
         """What adapters accept: a ``Settings``, a mapping, keywords, or a mix."""
         if settings is None:
             return cls.from_mapping(kwargs)
