@@ -1,0 +1,190 @@
+"""An auth service answering ``GET`` per session (``http://…/{session_id}``, ``https://…``).
+
+``{session_id}`` in the URL is replaced by the URL-quoted ID (every reserved
+character escaped, ``/`` included). 200 with a JSON object of the record's fields:
+found (a ``session_id`` in the body must match the one asked for); 404: unknown;
+any other status, a timeout or a connection error: :class:`BackendUnavailable`.
+
+Clients are built on first use: one ``httpx.Client`` for the sync path and one
+``httpx.AsyncClient`` per event loop. A process that forks drops the clients it
+inherited and builds its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import re
+import threading
+import weakref
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from sessionmw._log import BACKEND_MALFORMED, get_logger, hash_id
+from sessionmw.errors import BackendUnavailable, ConfigError
+from sessionmw.records import SessionRecord, record_or_none
+
+__all__ = ["PLACEHOLDER", "HTTPBackend"]
+
+PLACEHOLDER = "{session_id}"
+_SOURCE = "http"
+
+
+def _scrub(text: str, *secrets: str) -> str:
+    for secret in secrets:
+        if secret:
+            pattern = rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])"
+            text = re.sub(pattern, "<session>", text)
+    return text
+
+
+class HTTPBackend:
+    """Sessions served by an HTTP auth service.
+
+    ``client``: an existing client to use instead of one built here. An
+    ``httpx.Client`` serves both paths (the async one through a worker thread); an
+    ``httpx.AsyncClient`` serves the async path while the sync path uses a client
+    built here. ``timeout`` applies to every request either way. The caller keeps
+    closing a given client.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 2.0, client: Any = None) -> None:
+        if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+            raise ConfigError("backend_timeout", f"must be a positive number, got {timeout!r}")
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+            raise ConfigError("backend", "an HTTP backend needs an http:// or https:// URL")
+        if PLACEHOLDER not in url:
+            raise ConfigError("backend", f"the HTTP backend URL must contain {PLACEHOLDER}")
+        if client is not None and not isinstance(client, (httpx.Client, httpx.AsyncClient)):
+            raise ConfigError("backend", f"not an httpx client: {type(client).__name__}")
+        self.url = url
+        self.timeout = float(timeout)
+        self._given_sync = client if isinstance(client, httpx.Client) else None
+        self._given_async = client if isinstance(client, httpx.AsyncClient) else None
+        self._sync: httpx.Client | None = self._given_sync
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        parts = urlsplit(self.url)
+        return f"<HTTPBackend {parts.scheme}://{parts.hostname}:{parts.port or ''}>"
+
+    def url_for(self, session_id: str) -> str:
+        """The URL asked for ``session_id``."""
+        return self.url.replace(PLACEHOLDER, quote(session_id, safe=""))
+
+    # -- clients -----------------------------------------------------------------
+
+    def _after_fork(self) -> None:
+        # Called with the lock held: drop (without closing) what the parent built.
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._sync = self._given_sync
+            self._async = weakref.WeakKeyDictionary()
+
+    def _sync_client(self) -> httpx.Client:
+        client = self._sync
+        if client is not None and self._pid == os.getpid():
+            return client
+        with self._lock:
+            self._after_fork()
+            if self._sync is None:
+                self._sync = httpx.Client(timeout=self.timeout, follow_redirects=False)
+            return self._sync
+
+    def _async_client(self) -> httpx.AsyncClient:
+        if self._given_async is not None:
+            return self._given_async
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            self._after_fork()
+            client = self._async.get(loop)
+            if client is None:
+                client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
+                self._async[loop] = client
+            return client
+
+    def close(self) -> None:
+        """Close the sync client this backend built. Async clients are closed by
+        :meth:`aclose` on their own loop; those left are dropped."""
+        with self._lock:
+            client, self._sync = self._sync, self._given_sync
+            self._async = weakref.WeakKeyDictionary()
+        if client is not None and client is not self._given_sync:
+            client.close()
+
+    async def aclose(self) -> None:
+        """Close the async client of the running loop, then the sync client."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            client = self._async.pop(loop, None)
+        if client is not None:
+            await client.aclose()
+        self.close()
+
+    # -- lookups -----------------------------------------------------------------
+
+    def _unavailable(self, exc: BaseException, session_id: str) -> BackendUnavailable:
+        text = _scrub(str(exc).strip(), session_id, quote(session_id, safe=""))
+        message = f"HTTP backend unavailable: {type(exc).__name__}"
+        return BackendUnavailable(f"{message}: {text}" if text else message)
+
+    def _malformed(self, session_id: str, problem: str) -> None:
+        get_logger().warning(
+            BACKEND_MALFORMED, backend=_SOURCE, session=hash_id(session_id), problem=problem
+        )
+
+    def _parse(self, session_id: str, response: httpx.Response) -> SessionRecord | None:
+        status = response.status_code
+        if status == 404:
+            return None
+        if status != 200:
+            raise BackendUnavailable(f"HTTP backend answered {status}")
+        try:
+            body = response.json()
+        except (ValueError, RecursionError):
+            self._malformed(session_id, "body is not valid JSON")
+            return None
+        if not isinstance(body, dict):
+            self._malformed(session_id, "body is not a JSON object")
+            return None
+        if "session_id" in body and body["session_id"] != session_id:
+            self._malformed(session_id, "session_id in the body does not match")
+            return None
+        return record_or_none(session_id, body, source=_SOURCE)
+
+    def lookup(self, session_id: str) -> SessionRecord | None:
+        try:
+            response = self._sync_client().get(self.url_for(session_id), timeout=self.timeout)
+        except httpx.HTTPError as exc:
+            raise self._unavailable(exc, session_id) from None
+        return self._parse(session_id, response)
+
+    async def alookup(self, session_id: str) -> SessionRecord | None:
+        if self._given_sync is not None and self._given_async is None:
+            try:
+                return await asyncio.wait_for(
+                    asyncio.to_thread(self.lookup, session_id), self.timeout
+                )
+            except asyncio.TimeoutError:
+                raise BackendUnavailable(
+                    f"HTTP backend did not answer within {self.timeout:g}s"
+                ) from None
+        client = self._async_client()
+        request = client.get(self.url_for(session_id), timeout=self.timeout)
+        try:
+            response = await asyncio.wait_for(request, self.timeout)
+        except asyncio.TimeoutError:
+            raise BackendUnavailable(
+                f"HTTP backend did not answer within {self.timeout:g}s"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise self._unavailable(exc, session_id) from None
+        return self._parse(session_id, response)
