@@ -78,7 +78,7 @@ def _data(value: Any) -> Mapping[str, Any]:
     return MappingProxyType(dict(value))
 
 
-def build_record(session_id: str, raw: Mapping[str, Any]) -> SessionRecord:
+def build_record(session_id: str, raw: Mapping[Any, Any]) -> SessionRecord:
     """Build a record from a mapping of stored fields; raises :class:`MalformedRecord`.
 
     Values may be ``str`` or ``bytes`` (Redis hashes) or native JSON types.
@@ -108,7 +108,7 @@ def build_record(session_id: str, raw: Mapping[str, Any]) -> SessionRecord:
     )
 
 
-def record_or_none(session_id: str, raw: Mapping[str, Any], *, source: str) -> SessionRecord | None:
+def record_or_none(session_id: str, raw: Mapping[Any, Any], *, source: str) -> SessionRecord | None:
     """Like :func:`build_record`, but a malformed record is logged and read as unknown."""
     try:
         return build_record(session_id, raw)

@@ -21,6 +21,7 @@ import os
 import re
 import threading
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
@@ -80,9 +81,10 @@ class SQLBackend:
             parsed = make_url(url)
         except ArgumentError:
             raise ConfigError("backend", "not a valid SQLAlchemy URL") from None
-        table = parsed.query.get("table", DEFAULT_TABLE)
-        if isinstance(table, tuple):
+        given = parse_qs(urlsplit(url).query, keep_blank_values=True).get("table", [])
+        if len(given) > 1:
             raise ConfigError("backend", "?table= given more than once")
+        table = given[0] if given else DEFAULT_TABLE
         if not _IDENTIFIER.match(table):
             raise ConfigError("backend", f"table name {table!r} is not a plain SQL identifier")
         self.timeout = float(timeout)
