@@ -126,7 +126,7 @@ class Gate:
                 record = self.cache.lookup(value)
             except BackendUnavailable:
                 return self._unavailable(value)
-        return self._verdict(value, record)  # type: ignore[arg-type]
+        return self._verdict(value, record)
 
     async def acheck(
         self, value: str | None, *, repeated: bool = False
@@ -143,7 +143,7 @@ class Gate:
                 record = await self.cache.alookup(value)
             except BackendUnavailable:
                 return self._unavailable(value)
-        return self._verdict(value, record)  # type: ignore[arg-type]
+        return self._verdict(value, record)
 
     def _verdict(self, session_id: str, record: SessionRecord | None) -> SessionRecord | Rejection:
         if record is None:

@@ -49,8 +49,8 @@ class LocalReplayGuard:
                 if expiry > now and len(seen) < self._max:
                     break
                 del seen[oldest]
-            expiry = seen.get(webhook_id)
-            if expiry is not None and expiry > now:
+            previous = seen.get(webhook_id)
+            if previous is not None and previous > now:
                 return False
             seen[webhook_id] = now + self._window
             seen.move_to_end(webhook_id)
