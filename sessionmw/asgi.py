@@ -1,0 +1,302 @@
+"""Pure ASGI adapter: Starlette, FastAPI and any other ASGI application.
+
+::
+
+    from starlette.applications import Starlette
+    from sessionmw.asgi import DeviceSessionMiddleware
+
+    app = Starlette(routes=[...])
+    app.add_middleware(
+        DeviceSessionMiddleware,
+        backend="sqlite:///sessions.db",
+        exempt_paths=["/healthz"],
+        invalidation_secret="whsec_...",
+    )
+
+    # in an endpoint:
+    record = request.state.device_session  # a sessionmw.SessionRecord
+
+The middleware is a plain ASGI callable (no ``BaseHTTPMiddleware``): it never reads
+the body of a normal request, never wraps the response, and runs the app in the
+caller's task, so streaming responses, background tasks and context variables
+behave exactly as without it. Importing this module does not import Starlette; only
+:func:`invalidation_route` needs it.
+
+.. warning::
+   The session header is trusted as sent by the client. Put the middleware
+   outermost (before anything that may answer on its own), and do not exempt
+   paths more broadly than needed: ``exempt_paths`` are *prefixes*.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from sessionmw.cache import MISS
+from sessionmw.errors import ConfigError
+from sessionmw.gate import _VALID_ID, Gate, Rejection, gate_for
+from sessionmw.hook import METHOD_NOT_ALLOWED, TOO_LARGE, BodyLimit, HookResponse
+from sessionmw.records import SessionRecord
+from sessionmw.settings import Settings
+
+if TYPE_CHECKING:
+    from starlette.routing import Route
+
+__all__ = ["DeviceSessionMiddleware", "InvalidationApp", "invalidation_route"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Close code of a refused websocket handshake (RFC 6455: policy violation).
+WS_POLICY_VIOLATION = 1008
+
+
+def _raw_headers(
+    status: int, headers: Iterable[tuple[str, str]], body: bytes
+) -> list[tuple[bytes, bytes]]:
+    raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+    raw.append((b"content-length", str(len(body)).encode()))
+    return raw
+
+
+class _Answer:
+    """A fixed response, encoded once: two ``send`` calls and nothing else."""
+
+    __slots__ = ("body_message", "start_message")
+
+    def __init__(self, status: int, headers: Iterable[tuple[str, str]], body: bytes) -> None:
+        # Messages are rebuilt per send (servers may mutate them); their parts are not.
+        self.start_message = {
+            "type": "http.response.start",
+            "status": status,
+            "headers": _raw_headers(status, headers, body),
+        }
+        self.body_message = {"type": "http.response.body", "body": body}
+
+    async def __call__(self, send: Send) -> None:
+        await send(dict(self.start_message))
+        await send(dict(self.body_message))
+
+
+def _answer_for(response: Rejection | HookResponse) -> _Answer:
+    return _Answer(response.status, response.headers, response.body)
+
+
+_ANSWERS: dict[Rejection | HookResponse, _Answer] = {}
+
+
+def _answer(response: Rejection | HookResponse) -> _Answer:
+    # Rejections and the hook's fixed answers are a handful of constants: encode each once.
+    answer = _ANSWERS.get(response)
+    if answer is None:
+        answer = _answer_for(response)
+        if len(_ANSWERS) < 64:
+            _ANSWERS[response] = answer
+    return answer
+
+
+class InvalidationApp:
+    """The signed invalidation hook as an ASGI app (SPEC section 8).
+
+    Refuses non-POST methods (405 + ``Allow: POST``), refuses a body over 64 KiB
+    while it streams in (413, declared or chunked: the excess is never read whole or
+    hashed), then hands the raw body to the gate's hook.
+    """
+
+    def __init__(self, gate: Gate) -> None:
+        if gate.hook is None:
+            raise ConfigError("invalidation_secret", "the invalidation hook needs a secret")
+        self.gate = gate
+        self._hook = gate.hook
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await receive()
+                await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION})
+            return
+        self.gate.start()
+        if scope["method"] != "POST":
+            await _answer(METHOD_NOT_ALLOWED)(send)
+            return
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in scope["headers"]:
+            headers[raw_name.decode("latin-1").lower()] = raw_value.decode("latin-1")
+        limit = BodyLimit(headers.get("content-length"))
+        if limit.refused:
+            await _answer(TOO_LARGE)(send)
+            return
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # http.disconnect: nobody is left to answer
+            if not limit.feed(message.get("body", b"")):
+                await _answer(TOO_LARGE)(send)
+                return
+            more = message.get("more_body", False)
+        response = await self._hook.ahandle(headers, limit.body)
+        await _answer(response)(send)
+
+
+def invalidation_route(settings_or_gate: Settings | Gate | None = None, path: str | None = None,
+                       **kwargs: Any) -> Route:  # fmt: skip
+    """A Starlette ``Route`` serving the hook, for apps that mount it themselves.
+
+    ``settings_or_gate`` is a :class:`~sessionmw.Settings` (or keyword settings), the
+    same the middleware was given, so both share one cache. ``path`` defaults to the
+    ``invalidation_path`` setting. Needs ``invalidation_secret``.
+
+    >>> routes = [invalidation_route(settings, "/hooks/sessions")]  # doctest: +SKIP
+    """
+    from starlette.routing import Route
+
+    if isinstance(settings_or_gate, Gate):
+        gate = settings_or_gate
+    else:
+        gate = gate_for(Settings.coerce(settings_or_gate, **kwargs))
+    return Route(path or gate.settings.invalidation_path, InvalidationApp(gate))
+
+
+class DeviceSessionMiddleware:
+    """Checks the device session header of every HTTP request and websocket handshake.
+
+    Settings are the keys of SPEC section 4, as a :class:`~sessionmw.Settings`, a
+    mapping, or keyword arguments; they are validated here, once
+    (:class:`~sessionmw.ConfigError` on a bad one). Middlewares configured alike
+    share one gate, hence one cache and one bus subscriber.
+
+    A valid request reaches the app with the :class:`~sessionmw.SessionRecord` at
+    ``scope["state"]["device_session"]`` (``request.state.device_session``). Other
+    requests get 401 ``missing_session`` / ``invalid_session`` or 503
+    ``session_backend_unavailable``; a websocket handshake is closed with code 1008.
+    """
+
+    def __init__(
+        self, app: ASGIApp, settings: Settings | Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        self.app = app
+        self.settings = Settings.coerce(settings, **kwargs)
+        self.gate = gate = gate_for(self.settings)
+        self.hook_app = InvalidationApp(gate) if gate.hook is not None else None
+        # Everything the request path needs, bound once.
+        self._hook_path = gate.hook_path
+        self._header = gate.header.encode("latin-1")
+        self._header_len = len(self._header)
+        self._exempt_methods = gate.exempt_methods
+        self._exempt_prefixes = gate.exempt_prefixes or None
+        self._peek = gate.cache.peek
+        self._acheck = gate.acheck
+        self._verdict = gate._verdict
+
+    # -- helpers (off the hot path) ----------------------------------------------
+
+    def _header_value(self, headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, bool]:
+        """The session header's value and whether it was repeated."""
+        wanted, size = self._header, self._header_len
+        found: bytes | None = None
+        for name, value in headers:
+            # ASGI servers send lower-cased names; compare case-insensitively anyway.
+            if name == wanted or (len(name) == size and name.lower() == wanted):
+                if found is not None:
+                    return None, True
+                found = value
+        # latin-1 keeps every byte; anything outside ASCII then fails the ID check.
+        return (None if found is None else found.decode("latin-1")), False
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gate = self.gate
+
+        async def wrapped() -> Message:
+            message = await receive()
+            kind = message.get("type")
+            if kind == "lifespan.startup":
+                gate.start()
+            elif kind == "lifespan.shutdown":
+                gate.stop()
+            return message
+
+        await self.app(scope, wrapped, send)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        if self._exempt_prefixes is not None and path.startswith(self._exempt_prefixes):
+            await self.app(scope, receive, send)
+            return
+        self.gate.start()
+        value, repeated = self._header_value(scope["headers"])
+        outcome = await self._acheck(value, repeated=repeated)
+        if isinstance(outcome, Rejection):
+            # The handshake must be read before it is answered (ASGI spec).
+            await receive()
+            await send(
+                {"type": "websocket.close", "code": WS_POLICY_VIOLATION, "reason": outcome.code}
+            )
+            return
+        _attach(scope, outcome)
+        await self.app(scope, receive, send)
+
+    # -- the request path ----------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await self._websocket(scope, receive, send)
+            elif scope["type"] == "lifespan":
+                await self._lifespan(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+            return
+
+        gate = self.gate
+        if not gate.started:
+            gate.start()
+        path = scope["path"]
+        if path == self._hook_path and self.hook_app is not None:
+            await self.hook_app(scope, receive, send)
+            return
+        if scope["method"] in self._exempt_methods or (
+            self._exempt_prefixes is not None and path.startswith(self._exempt_prefixes)
+        ):
+            await self.app(scope, receive, send)
+            return
+
+        # Header scan, inlined: the common case is one exact lower-case match.
+        wanted = self._header
+        found: bytes | None = None
+        repeated = False
+        for name, raw in scope["headers"]:
+            if name == wanted or (len(name) == self._header_len and name.lower() == wanted):
+                if found is not None:
+                    repeated = True
+                    break
+                found = raw
+        if found is None or repeated:
+            outcome = await self._acheck(None, repeated=repeated)
+        else:
+            # latin-1 keeps every byte; anything outside ASCII then fails the ID check.
+            value = found.decode("latin-1")
+            record = self._peek(value) if _VALID_ID(value) is not None else MISS
+            # A hit is decided without awaiting; a miss (or a bad ID) goes to the gate.
+            outcome = await self._acheck(value) if record is MISS else self._verdict(value, record)
+        if isinstance(outcome, Rejection):
+            await _answer(outcome)(send)
+            return
+        state = scope.get("state")
+        if state is None:
+            scope["state"] = {"device_session": outcome}
+        else:
+            state["device_session"] = outcome
+        await self.app(scope, receive, send)
+
+
+def _attach(scope: Scope, record: SessionRecord) -> None:
+    state = scope.get("state")
+    if state is None:
+        scope["state"] = {"device_session": record}
+    else:
+        state["device_session"] = record
