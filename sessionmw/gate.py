@@ -21,6 +21,7 @@ import weakref
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
+from sessionmw._histogram import BACKEND_LATENCY_BUCKETS, REVOCATION_LAG_BUCKETS, Histogram
 from sessionmw._log import BACKEND_UNAVAILABLE, SESSION_REJECTED, get_logger, hash_id
 from sessionmw.backends import Backend, backend_from_url
 from sessionmw.bus import Bus, bus_from_url
@@ -61,6 +62,33 @@ INVALID = _rejection(401, "invalid_session", _CHALLENGE)
 UNAVAILABLE = _rejection(503, "session_backend_unavailable", ("retry-after", "1"))
 
 
+class _TimedBackend:
+    """The gate's backend, timed into a histogram (only misses reach a backend)."""
+
+    __slots__ = ("_backend", "_histogram")
+
+    def __init__(self, backend: Backend, histogram: Histogram) -> None:
+        self._backend = backend
+        self._histogram = histogram
+
+    def lookup(self, session_id: str) -> SessionRecord | None:
+        start = time.perf_counter()
+        try:
+            return self._backend.lookup(session_id)
+        finally:
+            self._histogram.observe(time.perf_counter() - start)
+
+    async def alookup(self, session_id: str) -> SessionRecord | None:
+        start = time.perf_counter()
+        try:
+            return await self._backend.alookup(session_id)
+        finally:
+            self._histogram.observe(time.perf_counter() - start)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+
 class Gate:
     """One configured session gate: cache + backend + bus + hook.
 
@@ -77,8 +105,14 @@ class Gate:
             if isinstance(settings.backend, str)
             else settings.backend
         )
+        #: Seconds per backend call (misses only), read by :mod:`sessionmw.metrics`.
+        self.backend_latency = Histogram(BACKEND_LATENCY_BUCKETS)
+        #: Seconds from an event's publication to its application here (bus events).
+        self.revocation_lag = Histogram(REVOCATION_LAG_BUCKETS)
+        #: Invalidation events applied to this process's cache, by type.
+        self.events_applied: dict[str, int] = {}
         self.cache = cache or MemoryCache(
-            self.backend,
+            _TimedBackend(self.backend, self.backend_latency),
             max_entries=settings.max_entries,
             ttl=settings.ttl,
             negative_ttl=settings.negative_ttl,
@@ -173,13 +207,20 @@ class Gate:
 
     # -- invalidation ------------------------------------------------------------
 
-    def apply_event(self, event: Event) -> None:
-        """Apply one event to this process's cache (the bus subscriber calls this)."""
-        apply_event(self.cache, event)
+    def apply_event(self, event: Event, *, sent_at: float | None = None) -> None:
+        """Apply one event to this process's cache (the bus subscriber calls this).
 
-    def apply_events(self, events: Iterable[Event]) -> None:
+        ``sent_at`` (wall-clock epoch seconds, e.g. the time part of a Redis Stream
+        entry ID) feeds the revocation-lag histogram when the publisher's time is known.
+        """
+        apply_event(self.cache, event)
+        self.events_applied[event.type] = self.events_applied.get(event.type, 0) + 1
+        if sent_at is not None:
+            self.revocation_lag.observe(time.time() - sent_at)
+
+    def apply_events(self, events: Iterable[Event], *, sent_at: float | None = None) -> None:
         for event in events:
-            apply_event(self.cache, event)
+            self.apply_event(event, sent_at=sent_at)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -204,6 +245,8 @@ class Gate:
         self._start_lock = threading.Lock()
         self.started = False
         self.bus.after_fork()
+        self.backend_latency._after_fork()
+        self.revocation_lag._after_fork()
 
     def stats(self) -> dict[str, Any]:
         """Cache stats plus request outcomes (for metrics and debugging)."""
@@ -212,6 +255,7 @@ class Gate:
             "allowed": self.allowed,
             "rejected": dict(self.rejected),
             "bus_connected": self.bus.connected,
+            "events_applied": dict(self.events_applied),
         }
 
 
@@ -227,6 +271,12 @@ def _reset_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def live_gates() -> list[Gate]:
+    """Every gate alive in this process (shared or not), for metrics exporters."""
+    return list(_after_fork_hooks)
+
 
 _registry: dict[Settings, Gate] = {}
 _registry_lock = threading.Lock()
