@@ -1,0 +1,674 @@
+"""The Redis Streams bus (``bus = "redis://host:port/db"``, SPEC section 8).
+
+Producers (the hook in any worker, ``sessionmw revoke --bus``, ``redis-cli``) append
+one stream entry per event::
+
+    XADD sessionmw:invalidations MAXLEN ~ 100000 * type session_revoked session_id abc
+
+Every process runs one subscriber: a daemon thread with its own connection that
+``XREAD``s from the last entry ID it has seen and applies each entry to the
+process's cache. The thread is created by :meth:`RedisBus.start`, which runs in the
+worker after a pre-forking server forked; :meth:`RedisBus.after_fork` drops whatever
+a child inherited (thread, locks, connections) and keeps only plain data.
+
+Missed entries never pass unnoticed. On every (re)connect and every few seconds
+the subscriber compares its cursor with ``XINFO STREAM``: entries after the cursor
+that were trimmed or deleted (``max-deleted-entry-id``), a stream that disappeared
+or was recreated (last ID behind the cursor, ``entries-added`` going backwards, the
+cursor's own entry gone without a deletion record, a restarted Redis without the
+stream) all flush the cache and log ``bus.gap_detected``. While disconnected the
+cache re-checks anything older than ``bus_outage_ttl`` with the backend.
+
+Replay dedupe of ``webhook-id`` values lives in Redis too (:class:`RedisReplayGuard`,
+``SET NX EX``) so a retry that lands on another worker is recognised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import hashlib
+import math
+import os
+import random
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import redis
+import redis.asyncio as aredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+from redis.retry import Retry
+
+from sessionmw._log import (
+    BUS_BAD_ENTRY,
+    BUS_CONNECTED,
+    BUS_DISCONNECTED,
+    BUS_EVENT_APPLIED,
+    BUS_GAP_DETECTED,
+    get_logger,
+)
+from sessionmw.errors import BusUnavailable, ConfigError, InvalidPayload
+from sessionmw.events import Event, UserSessionsRevoked, describe, from_fields, to_fields
+
+if TYPE_CHECKING:
+    from sessionmw.cache import MemoryCache
+
+__all__ = [
+    "MAXLEN",
+    "REPLAY_WINDOW",
+    "RedisBus",
+    "RedisReplayGuard",
+    "publish_events",
+]
+
+#: Approximate stream length kept by every XADD (``MAXLEN ~``).
+MAXLEN = 100_000
+#: Seconds a ``webhook-id`` is remembered: the 5-minute tolerance, both ways.
+REPLAY_WINDOW = 600
+#: Entries read per XREAD call.
+BATCH = 500
+#: On a process's first connect, entries from this long before :meth:`RedisBus.start`
+#: are (re)applied, so an event added between start-up and the first XREAD is not
+#: missed (applying an old revocation to a young cache is harmless).
+START_REPLAY_MS = 2000
+
+StreamID = tuple[int, int]
+ZERO: StreamID = (0, 0)
+
+
+def parse_id(value: bytes | str) -> StreamID:
+    """``b"1700000000000-3"`` -> ``(1700000000000, 3)``."""
+    text = value.decode() if isinstance(value, bytes) else value
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def format_id(value: StreamID) -> str:
+    return f"{value[0]}-{value[1]}"
+
+
+def _successor(value: StreamID) -> StreamID:
+    return (value[0], value[1] + 1)
+
+
+def _stream_fields(event: Event) -> dict[str, str]:
+    fields = to_fields(event)
+    if isinstance(event, UserSessionsRevoked) and event.before is None:
+        # "default: the time the event is received": fix it now, so every process
+        # (and a late reader) revokes the same sessions, not those issued later.
+        fields["before"] = repr(time.time())
+    return fields
+
+
+def _sync_client(url: str, timeout: float, **extra: Any) -> redis.Redis:
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        # One immediate retry: a pooled connection that died with a restarted Redis
+        # is replaced once; anything longer is the caller's (or our own) backoff.
+        "retry": Retry(NoBackoff(), 1),
+    }
+    options.update(extra)
+    return redis.Redis.from_url(url, **options)
+
+
+def _async_client(url: str, timeout: float) -> aredis.Redis:
+    return aredis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=AsyncRetry(NoBackoff(), 1),
+    )
+
+
+class _Clients:
+    """Lazily built clients for producers: one sync client per process and one
+    ``redis.asyncio`` client per event loop. Rebuilt after a fork."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._sync: redis.Redis | None = None
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aredis.Redis] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def after_fork(self) -> None:
+        # Drop, never close: the parent still uses those sockets.
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._sync = None
+        self._async = weakref.WeakKeyDictionary()
+
+    def sync(self) -> redis.Redis:
+        client = self._sync
+        if client is not None and self._pid == os.getpid():
+            return client
+        if self._pid != os.getpid():
+            self.after_fork()
+        with self._lock:
+            if self._sync is None:
+                self._sync = _sync_client(self.url, self.timeout)
+            return self._sync
+
+    def for_loop(self) -> aredis.Redis:
+        if self._pid != os.getpid():
+            self.after_fork()
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            client = self._async.get(loop)
+            if client is None:
+                client = self._async[loop] = _async_client(self.url, self.timeout)
+            return client
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._sync = self._sync, None
+            # Async clients belong to their loops; dropping them lets them be collected.
+            self._async = weakref.WeakKeyDictionary()
+        if client is not None and self._pid == os.getpid():
+            client.close()
+
+
+class RedisReplayGuard:
+    """``webhook-id`` dedupe shared by every process: ``SET {prefix}{sha256(id)} 1 NX EX``.
+
+    :meth:`claim` raises :class:`~sessionmw.errors.BusUnavailable` when Redis does not
+    answer (the hook then answers 503 and the producer retries); :meth:`release`
+    never raises.
+    """
+
+    def __init__(self, clients: _Clients, prefix: str, window: int = REPLAY_WINDOW) -> None:
+        self._clients = clients
+        self.prefix = prefix
+        self.window = window
+
+    def key(self, webhook_id: str) -> str:
+        digest = hashlib.sha256(webhook_id.encode("utf-8", "surrogatepass")).hexdigest()
+        return self.prefix + digest[:32]
+
+    def claim(self, webhook_id: str) -> bool:
+        try:
+            return bool(
+                self._clients.sync().set(self.key(webhook_id), b"1", nx=True, ex=self.window)
+            )
+        except RedisError as exc:
+            raise BusUnavailable(f"replay guard unavailable: {type(exc).__name__}") from None
+
+    def release(self, webhook_id: str) -> None:
+        try:
+            self._clients.sync().delete(self.key(webhook_id))
+        except Exception as exc:  # must never raise
+            get_logger().warning(
+                BUS_DISCONNECTED, problem="replay guard release failed", error=type(exc).__name__
+            )
+
+    async def aclaim(self, webhook_id: str) -> bool:
+        client = self._clients.for_loop()
+        try:
+            result = await asyncio.wait_for(
+                client.set(self.key(webhook_id), b"1", nx=True, ex=self.window),
+                self._clients.timeout,
+            )
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise BusUnavailable(f"replay guard unavailable: {type(exc).__name__}") from None
+        return bool(result)
+
+    async def arelease(self, webhook_id: str) -> None:
+        try:
+            client = self._clients.for_loop()
+            await asyncio.wait_for(client.delete(self.key(webhook_id)), self._clients.timeout)
+        except Exception as exc:  # must never raise
+            get_logger().warning(
+                BUS_DISCONNECTED, problem="replay guard release failed", error=type(exc).__name__
+            )
+
+
+class _Lag:
+    """Revocation lag (now minus the entry ID's timestamp), in milliseconds."""
+
+    def __init__(self, window: int = 1024) -> None:
+        self.lock = threading.Lock()
+        self.recent: collections.deque[float] = collections.deque(maxlen=window)
+        self.last: float | None = None
+        self.max: float | None = None
+
+    def add(self, lag_ms: float) -> None:
+        with self.lock:
+            self.recent.append(lag_ms)
+            self.last = lag_ms
+            if self.max is None or lag_ms > self.max:
+                self.max = lag_ms
+
+    def snapshot(self) -> dict[str, float | None]:
+        with self.lock:
+            values = sorted(self.recent)
+            last, top = self.last, self.max
+
+        def pick(q: float) -> float | None:
+            if not values:
+                return None
+            return values[min(len(values) - 1, math.ceil(q * len(values)) - 1)]
+
+        return {"last": last, "max": top, "p50": pick(0.5), "p99": pick(0.99)}
+
+
+def _entries(reply: Any) -> list[tuple[Any, Mapping[Any, Any]]]:
+    """The entries of a one-stream XREAD reply, whatever its shape (RESP2 list of
+    ``[stream, entries]``, RESP3 mapping, with or without an extra list level)."""
+    if not reply:
+        return []
+    values = list(reply.values()) if isinstance(reply, dict) else [item[1] for item in reply]
+    out: list[tuple[Any, Mapping[Any, Any]]] = []
+    for value in values:
+        if value and isinstance(value[0], list):
+            value = value[0]
+        out.extend((entry[0], entry[1]) for entry in value if entry and entry[1] is not None)
+    return out
+
+
+def _default_wait(event: threading.Event, seconds: float) -> bool:
+    return event.wait(seconds)
+
+
+class RedisBus:
+    """A Redis Stream shared by every process (SPEC section 8, ``redis://``).
+
+    ``stream``: the stream key. ``outage_ttl``: the cache's max age while the
+    subscriber is not connected and caught up. The keyword-only tuning knobs exist
+    for tests and unusual deployments: ``block_ms`` (XREAD BLOCK, also the longest
+    :meth:`stop` waits for the thread), ``check_interval`` (seconds between gap
+    checks while connected), ``backoff_base``/``backoff_cap`` (reconnect delays,
+    exponential with jitter), ``timeout`` (producer socket timeouts), ``wait``
+    (how the thread sleeps between attempts: ``wait(stop_event, seconds)``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        stream: str,
+        outage_ttl: float,
+        block_ms: int = 1000,
+        check_interval: float = 5.0,
+        backoff_base: float = 0.1,
+        backoff_cap: float = 5.0,
+        timeout: float = 2.0,
+        wait: Callable[[threading.Event, float], bool] = _default_wait,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        try:
+            redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
+        except ValueError as exc:
+            raise ConfigError("bus", f"not a valid Redis URL: {exc}") from None
+        if not isinstance(stream, str) or not stream:
+            raise ConfigError("stream", "must be a non-empty string")
+        self.url = url
+        self.stream = stream
+        self.outage_ttl = outage_ttl
+        self.block_ms = int(block_ms)
+        self.check_interval = check_interval
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.timeout = timeout
+        self._wait = wait
+        self._rng = rng
+        self._log = get_logger()
+        self._clients = _Clients(url, timeout)
+        self._guard = RedisReplayGuard(self._clients, f"{stream}:webhook:")
+        # Subscriber state: the thread and what only it writes.
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._sub_client: redis.Redis | None = None
+        self._cache: MemoryCache | None = None
+        self._apply: Callable[[Event], None] | None = None
+        self._connected = False
+        self._reset_position()
+        self._reset_counters()
+
+    def __repr__(self) -> str:
+        return f"<RedisBus stream={self.stream!r} connected={self._connected}>"
+
+    def _reset_position(self) -> None:
+        self._cursor: StreamID | None = None
+        # True when the cursor names an ID this stream really had (not a synthetic one).
+        self._cursor_real = False
+        self._entries_added: int | None = None
+        self._gap_ack: StreamID = ZERO
+        self._run_id: str | None = None
+        self._started_ms = 0
+
+    def _reset_counters(self) -> None:
+        self._lag = _Lag()
+        self._applied = 0
+        self._bad_entries = 0
+        self._gaps = 0
+        self._reconnects = 0
+        self._connects = 0
+
+    # -- Bus protocol ------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True while the subscriber is connected and has read up to the stream's end."""
+        return self._connected
+
+    @property
+    def replay_guard(self) -> RedisReplayGuard:
+        return self._guard
+
+    def start(self, cache: MemoryCache, apply: Callable[[Event], None]) -> None:
+        """Start this process's subscriber thread (idempotent)."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._cache, self._apply = cache, apply
+            cache.set_max_age(self.outage_ttl)
+            if self._cursor is None and not self._started_ms:
+                self._started_ms = int(time.time() * 1000)
+            self._stop = threading.Event()
+            self._thread = threading.Thread(
+                target=self._run,
+                args=(self._stop,),
+                name=f"sessionmw-bus:{self.stream}",
+                daemon=True,
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the subscriber and close connections (idempotent). The cursor is
+        kept: a later :meth:`start` resumes from it (and checks for a gap)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            stop_event = self._stop
+        stop_event.set()
+        if thread is not None:
+            self._interrupt()
+            thread.join(self.block_ms / 1000 + self.timeout + 1)
+        self._connected = False
+        if self._cache is not None:
+            self._cache.set_max_age(self.outage_ttl)
+        self._clients.close()
+
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's thread, locks and connections.
+
+        The cursor and gap-check baselines are plain data and stay: the child's cache
+        is a copy of the parent's as of that cursor, so resuming from it is right.
+        """
+        self._lock = threading.Lock()
+        self._thread = None
+        self._stop = threading.Event()
+        self._sub_client = None
+        self._connected = False
+        self._clients.after_fork()
+        self._reset_counters()
+
+    def publish(self, events: Sequence[Event]) -> None:
+        """XADD one entry per event (one round trip); raises BusUnavailable."""
+        if not events:
+            return
+        try:
+            pipe = self._clients.sync().pipeline(transaction=False)
+            for event in events:
+                pipe.xadd(self.stream, _stream_fields(event), maxlen=MAXLEN, approximate=True)  # type: ignore[arg-type]
+            pipe.execute()
+        except RedisError as exc:
+            raise BusUnavailable(f"Redis bus unavailable: {type(exc).__name__}") from None
+
+    async def apublish(self, events: Sequence[Event]) -> None:
+        """Like :meth:`publish`, on the running loop's own asyncio client."""
+        if not events:
+            return
+        try:
+            pipe = self._clients.for_loop().pipeline(transaction=False)
+            for event in events:
+                pipe.xadd(self.stream, _stream_fields(event), maxlen=MAXLEN, approximate=True)  # type: ignore[arg-type]
+            await asyncio.wait_for(pipe.execute(), self.timeout)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise BusUnavailable(f"Redis bus unavailable: {type(exc).__name__}") from None
+
+    def stats(self) -> dict[str, Any]:
+        """Subscriber health and revocation lag (milliseconds) in this process."""
+        cursor = self._cursor
+        return {
+            "connected": self._connected,
+            "cursor": format_id(cursor) if cursor is not None else None,
+            "applied": self._applied,
+            "bad_entries": self._bad_entries,
+            "gaps": self._gaps,
+            "connects": self._connects,
+            "reconnects": self._reconnects,
+            "lag_ms": self._lag.snapshot(),
+        }
+
+    # -- the subscriber thread ---------------------------------------------------
+
+    def _interrupt(self) -> None:
+        """Wake a blocked XREAD (stop): shut the subscriber's socket down."""
+        client = self._sub_client
+        if client is None:
+            return
+        connection = getattr(client, "connection", None)
+        sock = getattr(connection, "_sock", None)
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self.backoff_cap, self.backoff_base * (2 ** min(attempt, 30)))
+        return float(ceiling / 2 + self._rng() * ceiling / 2)
+
+    def _run(self, stop: threading.Event) -> None:
+        attempt = 0
+        while not stop.is_set():
+            client: redis.Redis | None = None
+            try:
+                client = _sync_client(
+                    self.url,
+                    self.timeout,
+                    socket_timeout=self.block_ms / 1000 + self.timeout,
+                    single_connection_client=True,
+                    retry=Retry(NoBackoff(), 0),
+                )
+                self._sub_client = client
+                if stop.is_set():
+                    break
+                self._connect(client)
+                attempt = 0
+                self._follow(client, stop)
+            except (RedisError, OSError) as exc:
+                if stop.is_set():
+                    break
+                self._lost(exc)
+            except Exception as exc:  # the subscriber must outlive bugs
+                if stop.is_set():
+                    break
+                self._log.exception(BUS_DISCONNECTED, problem="subscriber error")
+                self._lost(exc)
+            finally:
+                self._sub_client = None
+                if client is not None:
+                    with contextlib.suppress(Exception):  # closing a broken connection
+                        client.close()
+            if stop.is_set():
+                break
+            self._wait(stop, self._backoff(attempt))
+            attempt += 1
+        self._connected = False
+
+    def _lost(self, exc: BaseException) -> None:
+        was = self._connected
+        self._connected = False
+        if self._cache is not None:
+            self._cache.set_max_age(self.outage_ttl)
+        if was:
+            self._reconnects += 1
+            self._log.warning(BUS_DISCONNECTED, stream=self.stream, error=type(exc).__name__)
+        else:
+            self._log.debug(BUS_DISCONNECTED, stream=self.stream, error=type(exc).__name__)
+
+    def _connect(self, client: redis.Redis) -> None:
+        """Check for a gap, read up to the stream's end, then count as connected."""
+        try:
+            run_id = str(client.info("server").get("run_id", ""))
+        except ResponseError:  # INFO disabled (some managed services): no restart check
+            run_id = ""
+        restarted = bool(run_id) and self._run_id is not None and run_id != self._run_id
+        self._run_id = run_id
+        self._check(client, restarted=restarted)
+        while self._read(client, block=None) >= BATCH:
+            pass
+        self._connects += 1
+        self._connected = True
+        if self._cache is not None:
+            self._cache.set_max_age(None)
+        self._log.info(
+            BUS_CONNECTED,
+            stream=self.stream,
+            cursor=format_id(self._cursor or ZERO),
+            restarted=restarted,
+        )
+
+    def _follow(self, client: redis.Redis, stop: threading.Event) -> None:
+        next_check = time.monotonic() + self.check_interval
+        while not stop.is_set():
+            if time.monotonic() >= next_check:
+                self._check(client, restarted=False)
+                next_check = time.monotonic() + self.check_interval
+            self._read(client, block=self.block_ms)
+
+    def _read(self, client: redis.Redis, *, block: int | None) -> int:
+        cursor = format_id(self._cursor or ZERO)
+        entries = _entries(client.xread({self.stream: cursor}, count=BATCH, block=block))
+        if entries:
+            self._handle(entries)
+        return len(entries)
+
+    def _handle(self, entries: Sequence[tuple[Any, Mapping[Any, Any]]]) -> None:
+        applied: list[Event] = []
+        worst = 0.0
+        for raw_id, fields in entries:
+            entry_id = parse_id(raw_id)
+            self._cursor, self._cursor_real = entry_id, True
+            try:
+                event = from_fields(fields)
+            except InvalidPayload as exc:
+                self._bad_entries += 1
+                self._log.warning(
+                    BUS_BAD_ENTRY, stream=self.stream, entry=format_id(entry_id), problem=str(exc)
+                )
+                continue
+            if isinstance(event, UserSessionsRevoked) and event.before is None:
+                event = dataclasses.replace(event, before=entry_id[0] / 1000)
+            try:
+                assert self._apply is not None
+                self._apply(event)
+            except Exception:  # one bad apply must not stop the stream
+                self._log.exception(BUS_BAD_ENTRY, stream=self.stream, problem="apply failed")
+                continue
+            lag = max(0.0, time.time() * 1000 - entry_id[0])
+            self._lag.add(lag)
+            worst = max(worst, lag)
+            applied.append(event)
+        if applied:
+            self._applied += len(applied)
+            self._log.debug(
+                BUS_EVENT_APPLIED, stream=self.stream, events=describe(applied), lag_ms=worst
+            )
+
+    # -- gap detection -----------------------------------------------------------
+
+    def _check(self, client: redis.Redis, *, restarted: bool) -> None:
+        try:
+            info: dict[str, Any] | None = client.xinfo_stream(self.stream)
+        except ResponseError as exc:
+            if "no such key" not in str(exc).lower():
+                raise
+            info = None
+        cursor = self._cursor
+        if info is None:
+            if cursor is None:
+                self._cursor, self._cursor_real = ZERO, True
+            elif cursor > ZERO or restarted:
+                self._gap("stream_missing" if not restarted else "redis_restarted")
+                self._cursor, self._cursor_real = ZERO, True
+            self._entries_added = 0
+            self._gap_ack = ZERO
+            return
+        last = parse_id(info["last-generated-id"])
+        added = info.get("entries-added")
+        raw_deleted = info.get("max-deleted-entry-id")
+        max_deleted = parse_id(raw_deleted) if raw_deleted is not None else None
+        if cursor is None:
+            # First connect of this process: start near the end, a little before start().
+            since = (max(0, self._started_ms - START_REPLAY_MS), 0)
+            cursor = min(last, since)
+            self._cursor, self._cursor_real = cursor, cursor == last
+        reason: str | None = None
+        went_back = (
+            added is not None and self._entries_added is not None and added < self._entries_added
+        )
+        if last < cursor or went_back:
+            reason = "stream_recreated"
+        elif (
+            self._cursor_real
+            and cursor > ZERO
+            and max_deleted is not None
+            and max_deleted < cursor
+            and not client.xrange(self.stream, format_id(cursor), format_id(cursor), count=1)
+        ):
+            # Our last entry is gone, yet this stream never deleted anything that far:
+            # it is not the stream we were reading.
+            reason = "stream_recreated"
+        if reason is not None:
+            self._gap(reason)
+            # Everything in the new stream is unseen: read it from the start.
+            self._cursor, self._cursor_real = ZERO, True
+            self._gap_ack = max_deleted or ZERO
+        else:
+            if max_deleted is not None:
+                trimmed = max_deleted > cursor and max_deleted > self._gap_ack
+                horizon = max_deleted
+            else:  # Redis < 7: only the first entry tells
+                first = info.get("first-entry")
+                horizon = parse_id(first[0]) if first else last
+                trimmed = (
+                    self._cursor_real
+                    and cursor > ZERO
+                    and horizon > _successor(cursor)
+                    and horizon > self._gap_ack
+                )
+            if trimmed:
+                self._gap("trimmed")
+                self._gap_ack = horizon
+        self._entries_added = added
+
+    def _gap(self, reason: str) -> None:
+        self._gaps += 1
+        if self._cache is not None:
+            self._cache.clear()
+        self._log.warning(BUS_GAP_DETECTED, stream=self.stream, reason=reason)
+
+
+def publish_events(url: str, stream: str, events: Sequence[Event], *, timeout: float = 2.0) -> None:
+    """Append events to a stream once, without a subscriber (``sessionmw revoke --bus``).
+
+    Raises :class:`~sessionmw.errors.BusUnavailable` when Redis cannot take them.
+    """
+    bus = RedisBus(url, stream=stream, outage_ttl=0, timeout=timeout)
+    try:
+        bus.publish(events)
+    finally:
+        bus.stop()
