@@ -41,6 +41,19 @@ def _scrub(text: str, *secrets: str) -> str:
     return text
 
 
+_INSTANCES: weakref.WeakSet[HTTPBackend] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A lock held by a parent thread at fork time would never be released in the child.
+    for backend in list(_INSTANCES):
+        backend._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class HTTPBackend:
     """Sessions served by an HTTP auth service.
 
@@ -71,6 +84,7 @@ class HTTPBackend:
         )
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        _INSTANCES.add(self)
 
     def __repr__(self) -> str:
         parts = urlsplit(self.url)

@@ -68,6 +68,19 @@ def _record_fields(record: SessionRecord) -> dict[str, str]:
     return fields
 
 
+_INSTANCES: weakref.WeakSet[RedisBackend] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A lock held by a parent thread at fork time would never be released in the child.
+    for backend in list(_INSTANCES):
+        backend._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class RedisBackend:
     """Sessions in Redis hashes.
 
@@ -95,6 +108,7 @@ class RedisBackend:
         )
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        _INSTANCES.add(self)
         if client is None:
             self._check_url()
 

@@ -20,6 +20,7 @@ import math
 import os
 import re
 import threading
+import weakref
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -70,6 +71,18 @@ def _normalise_url(url: URL) -> URL:
     return url.set(drivername=drivername) if drivername != url.drivername else url
 
 
+_INSTANCES: weakref.WeakSet[SQLBackend] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for backend in list(_INSTANCES):
+        backend._reset_locks()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class SQLBackend:
     """Sessions in a SQL table. ``engine``: an existing :class:`sqlalchemy.engine.Engine`
     to use instead of one built from ``url`` (its owner keeps disposing of it)."""
@@ -97,7 +110,14 @@ class SQLBackend:
         self._given_engine = engine
         self._engine: Engine | None = engine
         self._pid = os.getpid()
+        self._reset_locks()
+        _INSTANCES.add(self)
+
+    def _reset_locks(self) -> None:
+        # Also run in a forked child: a lock held by a parent thread would never be freed.
         self._lock = threading.Lock()
+        self._idle = threading.Condition()
+        self._in_threads = 0
 
     def __repr__(self) -> str:
         url = self._url.render_as_string(hide_password=True)
@@ -152,7 +172,14 @@ class SQLBackend:
         return self._get_engine()
 
     def close(self) -> None:
-        """Dispose of the engine this backend built (a given engine is left alone)."""
+        """Dispose of the engine this backend built (a given engine is left alone).
+
+        Lookups that an :meth:`alookup` gave up on may still run in a worker thread
+        (each is bounded by the statement timeout): wait a little for them first, so
+        their connections go back to the pool and are closed with it.
+        """
+        with self._idle:
+            self._idle.wait_for(lambda: self._in_threads == 0, timeout=self.timeout + 1.0)
         with self._lock:
             engine, self._engine = self._engine, self._given_engine
         if engine is not None and engine is not self._given_engine:
@@ -180,11 +207,23 @@ class SQLBackend:
     async def alookup(self, session_id: str) -> SessionRecord | None:
         """Run :meth:`lookup` in a worker thread, bounded by ``timeout``."""
         try:
-            return await asyncio.wait_for(asyncio.to_thread(self.lookup, session_id), self.timeout)
+            return await asyncio.wait_for(
+                asyncio.to_thread(self._lookup_in_thread, session_id), self.timeout
+            )
         except asyncio.TimeoutError:
             raise BackendUnavailable(
                 f"SQL backend did not answer within {self.timeout:g}s"
             ) from None
+
+    def _lookup_in_thread(self, session_id: str) -> SessionRecord | None:
+        with self._idle:
+            self._in_threads += 1
+        try:
+            return self.lookup(session_id)
+        finally:
+            with self._idle:
+                self._in_threads -= 1
+                self._idle.notify_all()
 
     # -- management (CLI, demo) -------------------------------------------------
 
