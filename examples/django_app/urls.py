@@ -1,0 +1,13 @@
+"""URLconf of the Django example: the app's views plus the invalidation hook."""
+
+from __future__ import annotations
+
+from django.urls import URLPattern, URLResolver, include, path
+
+from examples.django_app import views
+
+urlpatterns: list[URLPattern | URLResolver] = [
+    path("whoami", views.whoami),
+    path("healthz", views.healthz),
+    path("", include("sessionmw.contrib.django.urls")),
+]

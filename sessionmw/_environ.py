@@ -1,0 +1,119 @@
+"""Translation helpers for adapters that see a WSGI-style environ (WSGI, Flask, Django).
+
+Framework-free: plain WSGI, Flask and Django (whose ``request.META`` is an environ
+under WSGI and environ-shaped under ASGI) all read the session header and serve the
+invalidation hook through these functions, so they agree byte for byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any, Protocol
+
+from sessionmw.hook import (
+    INVALID_PAYLOAD,
+    MAX_BODY,
+    METHOD_NOT_ALLOWED,
+    TOO_LARGE,
+    BodyLimit,
+    HookResponse,
+    InvalidationHook,
+)
+
+__all__ = ["environ_key", "read_body", "serve_hook", "status_line"]
+
+_CHUNK = 16 * 1024
+_HOOK_HEADERS = (
+    ("webhook-id", "HTTP_WEBHOOK_ID"),
+    ("webhook-timestamp", "HTTP_WEBHOOK_TIMESTAMP"),
+    ("webhook-signature", "HTTP_WEBHOOK_SIGNATURE"),
+)
+
+
+class Readable(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+def environ_key(header: str) -> str:
+    """The environ key a server stores a request header under (CGI style).
+
+    >>> environ_key("X-Device-Session-ID")
+    'HTTP_X_DEVICE_SESSION_ID'
+
+    Servers join a repeated header's values with a comma under this one key, and a
+    comma is not a session ID character: a repeated header is therefore rejected as
+    ``invalid_session`` by the gate's syntax check, with no cache or backend access.
+    """
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
+def status_line(status: int) -> str:
+    """``401`` -> ``'401 Unauthorized'`` (a WSGI status string)."""
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"{status} Unknown"
+
+
+def read_body(
+    stream: Readable, content_length: str | None, *, terminated: bool, limit: int = MAX_BODY
+) -> BodyLimit | None:
+    """Read a request body without reading past ``limit`` bytes.
+
+    A declared ``Content-Length`` above the limit is refused without reading a byte.
+    Without one, the body is read only when the server marks the stream as terminated
+    (``wsgi.input_terminated``: a chunked body), in chunks, and cut off at
+    ``limit + 1`` bytes; otherwise it is empty, as PEP 3333 demands. Returns ``None``
+    when the stream fails mid-read (a client that went away).
+    """
+    if content_length is not None and not content_length.strip():
+        content_length = None
+    body = BodyLimit(content_length, limit)
+    if body.refused:
+        return body
+    if content_length is not None:
+        remaining = int(content_length)
+    elif terminated:
+        remaining = limit + 1
+    else:
+        return body
+    try:
+        while remaining > 0:
+            chunk = stream.read(min(remaining, _CHUNK))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+            if not body.feed(chunk):
+                break
+    except Exception:  # a broken or reset connection: the sender is gone
+        return None
+    return body
+
+
+def hook_headers(environ: Mapping[str, Any]) -> dict[str, str]:
+    """The Standard Webhooks headers of a request, under lower-case names."""
+    return {name: environ[key] for name, key in _HOOK_HEADERS if key in environ}
+
+
+def serve_hook(
+    hook: InvalidationHook,
+    environ: Mapping[str, Any],
+    stream: Readable,
+    *,
+    terminated: bool,
+) -> HookResponse:
+    """Answer one request to the invalidation hook (sync adapters).
+
+    ``environ`` provides ``REQUEST_METHOD``, ``CONTENT_LENGTH`` and the ``HTTP_*``
+    headers; ``stream`` the raw body. 405 for a method other than POST, 413 for a
+    body over 64 KiB (declared or actual), else whatever the hook decides.
+    """
+    if environ.get("REQUEST_METHOD") != "POST":
+        return METHOD_NOT_ALLOWED
+    body = read_body(stream, environ.get("CONTENT_LENGTH"), terminated=terminated)
+    if body is None:
+        return INVALID_PAYLOAD
+    if body.refused:
+        return TOO_LARGE
+    return hook.handle(hook_headers(environ), body.body)

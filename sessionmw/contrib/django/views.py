@@ -1,0 +1,41 @@
+"""The invalidation hook as a Django view (CSRF-exempt, session-exempt)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from django.http import Http404, HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from sessionmw._environ import serve_hook
+from sessionmw.contrib.django.conf import load_settings
+from sessionmw.contrib.django.middleware import exempt, response_for
+from sessionmw.gate import Gate, gate_for
+from sessionmw.settings import Settings
+
+__all__ = ["invalidation_hook"]
+
+
+@lru_cache(maxsize=8)
+def _gate(settings: Settings) -> Gate:
+    return gate_for(settings)
+
+
+@csrf_exempt
+@exempt
+def invalidation_hook(request: HttpRequest) -> HttpResponse:
+    """``POST`` signed invalidation events (SPEC section 8); 404 without a secret."""
+    gate = _gate(load_settings())
+    if gate.hook is None:
+        raise Http404("the invalidation hook is off (no invalidation_secret)")
+    meta = request.META
+    wsgi_input = meta.get("wsgi.input")
+    if wsgi_input is not None:
+        # WSGI: read the server's stream, so a chunked body is limited too.
+        answer = serve_hook(
+            gate.hook, meta, wsgi_input, terminated=bool(meta.get("wsgi.input_terminated"))
+        )
+    else:
+        # ASGI: Django has spooled the body; the limit still applies before hashing.
+        answer = serve_hook(gate.hook, meta, request, terminated=True)
+    return response_for(answer)

@@ -1,0 +1,166 @@
+"""Flask extension: the session gate as a ``before_request`` check.
+
+>>> from flask import Flask, g
+>>> from sessionmw.contrib.flask import SessionMW, exempt
+>>> app = Flask(__name__)
+>>> app.config["SESSIONMW_BACKEND"] = "memory://"
+>>> sessionmw = SessionMW(app)
+>>> @app.get("/whoami")
+... def whoami():
+...     return {"user_id": g.device_session.user_id}
+>>> @app.get("/healthz")
+... @exempt
+... def healthz():
+...     return "ok"
+
+Settings come from flat config keys ``SESSIONMW_<KEY>`` (``SESSIONMW_TTL``,
+``SESSIONMW_EXEMPT_PATHS``, ...); an unknown ``SESSIONMW_`` key is a
+:class:`~sessionmw.ConfigError` naming it. With ``SESSIONMW_INVALIDATION_SECRET``
+set, a blueprint named ``sessionmw`` serves the invalidation hook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from flask import Blueprint, Flask, Response, current_app, g, request
+
+from sessionmw._environ import environ_key, serve_hook
+from sessionmw.errors import ConfigError
+from sessionmw.gate import Gate, Rejection, gate_for
+from sessionmw.hook import HookResponse
+from sessionmw.settings import Settings
+
+__all__ = ["CONFIG_PREFIX", "SessionMW", "SessionMWState", "exempt"]
+
+CONFIG_PREFIX = "SESSIONMW_"
+EXTENSION_KEY = "sessionmw"
+_EXEMPT_ATTR = "sessionmw_exempt"
+# Every method the hook answers (405 for all but POST); Flask's own 405 covers the rest.
+_HOOK_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def exempt(view: F) -> F:
+    """Mark a view as not needing a device session (like ``csrf_exempt``).
+
+    Put it under the route decorator, so the route registers the marked function::
+
+        @app.get("/healthz")
+        @exempt
+        def healthz(): ...
+    """
+    setattr(view, _EXEMPT_ATTR, True)
+    return view
+
+
+def settings_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``SESSIONMW_<KEY>`` entries of a Flask config, by setting name."""
+    known = set(Settings.keys())
+    values: dict[str, Any] = {}
+    for name, value in config.items():
+        if not name.startswith(CONFIG_PREFIX):
+            continue
+        key = name[len(CONFIG_PREFIX) :].lower()
+        if key not in known:
+            raise ConfigError(name, "unknown Flask config key (check the spelling)")
+        values[key] = value
+    return values
+
+
+def _response(answer: Rejection | HookResponse) -> Response:
+    return current_app.response_class(
+        answer.body, status=answer.status, headers=list(answer.headers)
+    )
+
+
+class SessionMWState:
+    """What the extension keeps per app, at ``app.extensions["sessionmw"]``."""
+
+    __slots__ = ("extension", "gate", "settings")
+
+    def __init__(self, extension: SessionMW, settings: Settings, gate: Gate) -> None:
+        self.extension = extension
+        self.settings = settings
+        self.gate = gate
+
+
+class SessionMW:
+    """The Flask extension: ``SessionMW(app)`` or ``SessionMW()`` then ``init_app(app)``.
+
+    ``settings`` (a :class:`~sessionmw.Settings` or a mapping, e.g.
+    ``Settings.from_env()``) is the base; the app's ``SESSIONMW_*`` config keys
+    override it, and keyword ``overrides`` override both. The record of a valid
+    session is ``flask.g.device_session`` (``None`` on exempt requests).
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        settings: Settings | Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ) -> None:
+        self._settings = settings
+        self._overrides = overrides
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Validate the settings, register the check and (with a secret) the hook."""
+        base = Settings.coerce(self._settings)
+        changes = {**settings_from_config(app.config), **self._overrides}
+        settings = base.with_changes(**changes) if changes else base
+        gate = gate_for(settings)
+        app.extensions[EXTENSION_KEY] = SessionMWState(self, settings, gate)
+
+        hook_endpoint = None
+        if gate.hook is not None and gate.hook_path is not None:
+            blueprint = Blueprint(EXTENSION_KEY, __name__)
+            hook = gate.hook
+
+            def invalidation_hook() -> Response:
+                environ = request.environ
+                answer = serve_hook(
+                    hook,
+                    environ,
+                    environ["wsgi.input"],
+                    terminated=bool(environ.get("wsgi.input_terminated")),
+                )
+                return _response(answer)
+
+            blueprint.add_url_rule(
+                gate.hook_path,
+                "invalidation_hook",
+                exempt(invalidation_hook),
+                methods=_HOOK_METHODS,
+                provide_automatic_options=False,
+            )
+            app.register_blueprint(blueprint)
+            hook_endpoint = f"{EXTENSION_KEY}.invalidation_hook"
+
+        key = environ_key(gate.header)
+        view_functions = app.view_functions
+
+        def check_session() -> Response | None:
+            if not gate.started:
+                gate.start()
+            g.device_session = None
+            endpoint = request.endpoint
+            if endpoint is not None and (
+                endpoint == hook_endpoint
+                or getattr(view_functions.get(endpoint), _EXEMPT_ATTR, False)
+            ):
+                return None
+            environ = request.environ
+            if gate.exempt(environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")):
+                return None
+            outcome = gate.check(environ.get(key))
+            if isinstance(outcome, Rejection):
+                return _response(outcome)
+            g.device_session = outcome
+            return None
+
+        app.before_request(check_session)
