@@ -29,6 +29,9 @@ def _send(
 
 def routes(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
     path = environ.get("PATH_INFO", "")
+    if path in ("/healthz", "/whoami") and environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+        start_response("405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Length", "0")])
+        return []
     if path == "/healthz":
         return _send(start_response, "200 OK", b"ok", "text/plain")
     if path == "/whoami":

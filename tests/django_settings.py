@@ -1,0 +1,81 @@
+"""Django configuration for the tests (``settings.configure``, never an env variable,
+so nothing leaks into the example servers' subprocess environment)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import django
+from django.conf import settings
+
+TEST_SETTINGS: dict[str, Any] = {
+    "SECRET_KEY": "tests-only",
+    "DEBUG": False,
+    "ALLOWED_HOSTS": ["testserver", "127.0.0.1", "localhost"],
+    "ROOT_URLCONF": "examples.django_app.urls",
+    "USE_TZ": True,
+    "INSTALLED_APPS": [
+        "django.contrib.contenttypes",
+        "django.contrib.auth",
+        "django.contrib.sessions",
+    ],
+    "MIDDLEWARE": [
+        "django.middleware.security.SecurityMiddleware",
+        "sessionmw.contrib.django.DeviceSessionMiddleware",
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.middleware.common.CommonMiddleware",
+        "django.middleware.csrf.CsrfViewMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+    ],
+    "DATABASES": {},
+    "SESSIONMW": {"exempt_paths": ["/healthz"]},
+}
+
+
+def setup() -> None:
+    """Configure Django once per test process."""
+    if not settings.configured:
+        settings.configure(**TEST_SETTINGS)
+        django.setup()
+
+
+def join_headers(headers: list[tuple[str, str]]) -> dict[str, str]:
+    """Request headers as a WSGI server stores them: ``HTTP_*`` keys, repeats comma-joined."""
+    environ: dict[str, str] = {}
+    for name, value in headers:
+        key = "HTTP_" + name.upper().replace("-", "_")
+        environ[key] = f"{environ[key]},{value}" if key in environ else value
+    return environ
+
+
+def asgi_scope(
+    method: str, path: str, headers: list[tuple[str, str]], body: bytes = b""
+) -> dict[str, Any]:
+    """An ASGI scope for ``AsyncClient.request``, keeping repeated headers as sent."""
+    raw = [(b"host", b"testserver")]
+    raw += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+    scope: dict[str, Any] = {
+        "method": method,
+        "path": path,
+        "server": ("127.0.0.1", "80"),
+        "scheme": "http",
+        "headers": raw,
+        "query_string": "",
+    }
+    if body:
+        from django.test.client import FakePayload
+
+        raw.append((b"content-length", str(len(body)).encode()))
+        scope["_body_file"] = FakePayload(body)
+    return scope
+
+
+def import_webtest() -> Any:
+    """``webtest``, imported without WebOb's ``cgi`` deprecation warning (an error here)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "'cgi' is deprecated", DeprecationWarning)
+        import webtest
+
+    return webtest
