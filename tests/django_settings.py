@@ -39,9 +39,9 @@ def setup() -> None:
         django.setup()
 
 
-def join_headers(headers: list[tuple[str, str]]) -> dict[str, str]:
+def join_headers(headers: list[tuple[str, str]]) -> dict[str, Any]:
     """Request headers as a WSGI server stores them: ``HTTP_*`` keys, repeats comma-joined."""
-    environ: dict[str, str] = {}
+    environ: dict[str, Any] = {}
     for name, value in headers:
         key = "HTTP_" + name.upper().replace("-", "_")
         environ[key] = f"{environ[key]},{value}" if key in environ else value

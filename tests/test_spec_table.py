@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import pytest
@@ -109,6 +110,7 @@ def _fresh_gates() -> Iterator[None]:
     forget_gates()
 
 
+@contextmanager
 def make_sender(adapter: str, backend: Any) -> Iterator[Send]:
     settings = settings_for(backend)
     if adapter == "wsgi":
@@ -122,12 +124,8 @@ def make_sender(adapter: str, backend: Any) -> Iterator[Send]:
 
 def _run(adapter: str, case: Case) -> Result:
     backend = DownBackend() if case.down else seeded_backend()
-    senders = make_sender(adapter, backend)
-    send = next(senders)
-    try:
+    with make_sender(adapter, backend) as send:
         return send(case)
-    finally:
-        senders.close()
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
