@@ -111,12 +111,17 @@ class Gate:
         self.revocation_lag = Histogram(REVOCATION_LAG_BUCKETS)
         #: Invalidation events applied to this process's cache, by type.
         self.events_applied: dict[str, int] = {}
-        self.cache = cache or MemoryCache(
-            _TimedBackend(self.backend, self.backend_latency),
-            max_entries=settings.max_entries,
-            ttl=settings.ttl,
-            negative_ttl=settings.negative_ttl,
-            stale_if_error=settings.stale_if_error,
+        # Not `cache or ...`: an empty cache is falsy (it has __len__).
+        self.cache = (
+            cache
+            if cache is not None
+            else MemoryCache(
+                _TimedBackend(self.backend, self.backend_latency),
+                max_entries=settings.max_entries,
+                ttl=settings.ttl,
+                negative_ttl=settings.negative_ttl,
+                stale_if_error=settings.stale_if_error,
+            )
         )
         self.bus: Bus = bus_from_url(
             settings.bus, stream=settings.stream, outage_ttl=settings.bus_outage_ttl

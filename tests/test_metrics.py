@@ -1,0 +1,348 @@
+"""Prometheus metrics: every counter, gauge and histogram read from a real scrape."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from sessionmw import BackendUnavailable, SessionRecord, SessionStatus, Settings
+from sessionmw._compat import MissingExtra, require, require_extra
+from sessionmw._histogram import REVOCATION_LAG_BUCKETS, Histogram
+from sessionmw.backends import MemoryBackend
+from sessionmw.cache import MemoryCache
+from sessionmw.events import Flush, SessionRevoked, UserSessionsRevoked
+from sessionmw.gate import Gate, forget_gates
+from sessionmw.metrics import gate_name, register_metrics
+from sessionmw.signing import new_secret
+
+# IDs use letters outside [0-9a-f], so no hex gate label can contain one by chance.
+ALICE = SessionRecord("sess-alice", "user-alice", SessionStatus.ACTIVE, None, None)
+GONE = SessionRecord("sess-gone", "user-gone", SessionStatus.REVOKED, None, None)
+OLD = SessionRecord("sess-old", "user-old", SessionStatus.ACTIVE, time.time() - 60, None)
+ROB = SessionRecord("sess-rob", "user-rob", SessionStatus.ACTIVE, None, None)
+IDS = ("sess-", "user-", "nobody")
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+class SwitchBackend(MemoryBackend):
+    """A memory store that can be switched off (then every call is unavailable)."""
+
+    down = False
+
+    def lookup(self, session_id: str) -> SessionRecord | None:
+        if self.down:
+            raise BackendUnavailable("down")
+        return super().lookup(session_id)
+
+    async def alookup(self, session_id: str) -> SessionRecord | None:
+        return self.lookup(session_id)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def scrape(registry: CollectorRegistry) -> Samples:
+    """Every sample of a real text exposition, keyed by name and sorted labels."""
+    text = generate_latest(registry).decode()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def assert_no_ids(samples: Samples) -> None:
+    for name, labels in samples:
+        for key, label in labels:
+            assert not any(marker in label for marker in IDS), (name, key, label)
+
+
+@pytest.fixture(autouse=True)
+def _no_shared_gates() -> Iterator[None]:
+    forget_gates()
+    yield
+    forget_gates()
+
+
+def test_scripted_requests_and_events_read_back_exactly() -> None:
+    """After a scripted sequence through a gate, each series has its expected value."""
+    backend = SwitchBackend([ALICE, GONE, OLD, ROB])
+    gate = Gate(Settings(backend=backend, max_entries=3))
+    registry = CollectorRegistry()
+    register_metrics(registry, gates=[gate])
+    g = gate_name(gate)
+
+    assert gate.check(None).code == "missing_session"  # type: ignore[union-attr]
+    assert gate.check("not valid!").code == "invalid_session"  # type: ignore[union-attr]
+    assert gate.check("sess-alice") == ALICE  # miss -> backend call 1
+    assert gate.check("sess-alice") == ALICE  # hit
+    assert gate.check("nobody").code == "invalid_session"  # type: ignore[union-attr]
+    assert gate.check("nobody").code == "invalid_session"  # type: ignore[union-attr]
+    assert gate.check("sess-gone").code == "invalid_session"  # type: ignore[union-attr]
+    # The cache is full (3): storing sess-old evicts the one unreferenced entry.
+    assert gate.check("sess-old").code == "invalid_session"  # type: ignore[union-attr]
+    gate.apply_events([SessionRevoked("sess-alice")])
+    assert gate.check("sess-alice").code == "invalid_session"  # type: ignore[union-attr]
+    gate.apply_event(UserSessionsRevoked("user-nobody-cached"))
+    gate.apply_event(Flush())
+    backend.down = True
+    assert gate.check("sess-rob").code == "session_backend_unavailable"  # type: ignore[union-attr]
+    backend.down = False
+    assert gate.check("sess-rob") == ROB
+
+    s = scrape(registry)
+    expected_counters = {
+        "sessionmw_requests_allowed_total": 3,
+        "sessionmw_requests_backend_unavailable_total": 1,
+        "sessionmw_cache_hits_total": 2,
+        "sessionmw_cache_negative_hits_total": 1,
+        "sessionmw_cache_misses_total": 6,
+        "sessionmw_cache_coalesced_waits_total": 0,
+        "sessionmw_cache_evictions_total": 1,
+        "sessionmw_cache_expirations_total": 0,
+        "sessionmw_cache_stale_served_total": 0,
+        "sessionmw_cache_revocations_total": 1,
+        "sessionmw_backend_errors_total": 1,
+        "sessionmw_bus_gaps_total": 0,
+        "sessionmw_bus_reconnects_total": 0,
+    }
+    for name, expected in expected_counters.items():
+        assert value(s, name, gate=g) == expected, name
+    rejected = {"missing": 1, "malformed": 1, "unknown": 2, "revoked": 2, "expired": 1}
+    for reason, expected in rejected.items():
+        assert value(s, "sessionmw_requests_rejected_total", gate=g, reason=reason) == expected
+    events = {"session_revoked": 1, "user_sessions_revoked": 1, "flush": 1}
+    for kind, expected in events.items():
+        assert value(s, "sessionmw_invalidation_events_total", gate=g, type=kind) == expected
+    assert value(s, "sessionmw_cache_entries", gate=g) == 1  # flushed, then sess-rob
+    assert value(s, "sessionmw_cache_max_entries", gate=g) == 3
+    assert value(s, "sessionmw_bus_connected", gate=g) == 1
+    # Six backend calls, the failed one included; the memory store answers in < 1 s.
+    assert value(s, "sessionmw_backend_lookup_seconds_count", gate=g) == 6
+    assert value(s, "sessionmw_backend_lookup_seconds_bucket", gate=g, le="1.0") == 6
+    assert value(s, "sessionmw_backend_lookup_seconds_bucket", gate=g, le="+Inf") == 6
+    assert value(s, "sessionmw_revocation_lag_seconds_count", gate=g) == 0
+    assert_no_ids(s)
+
+
+def test_expirations_and_stale_served_with_an_injected_clock() -> None:
+    """An expired record re-fetched counts an expiration; served stale, a stale hit."""
+    clock = Clock()
+    backend = SwitchBackend([ALICE])
+    settings = Settings(backend=backend, ttl=10, stale_if_error=30)
+    gate = Gate(settings, cache=MemoryCache(backend, ttl=10, stale_if_error=30, clock=clock))
+    registry = CollectorRegistry()
+    register_metrics(registry, gates={"api": gate})
+
+    assert gate.check("sess-alice") == ALICE
+    clock.now += 11
+    backend.down = True
+    assert gate.check("sess-alice") == ALICE  # expired, backend down: served stale
+    backend.down = False
+    clock.now += 1
+    assert gate.check("sess-alice") == ALICE  # expired again: re-fetched
+
+    s = scrape(registry)
+    assert value(s, "sessionmw_cache_expirations_total", gate="api") == 2
+    assert value(s, "sessionmw_cache_stale_served_total", gate="api") == 1
+    assert value(s, "sessionmw_backend_errors_total", gate="api") == 1
+    assert value(s, "sessionmw_cache_misses_total", gate="api") == 3
+    assert value(s, "sessionmw_requests_allowed_total", gate="api") == 3
+    assert value(s, "sessionmw_requests_backend_unavailable_total", gate="api") == 0
+
+
+class GatedBackend(MemoryBackend):
+    """Holds every async lookup until ``release`` is set."""
+
+    def __init__(self, records: list[SessionRecord]) -> None:
+        super().__init__(records)
+        self.release = asyncio.Event()
+        self.calls = 0
+
+    async def alookup(self, session_id: str) -> SessionRecord | None:
+        self.calls += 1
+        await self.release.wait()
+        return await super().alookup(session_id)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Let other tasks run until ``condition`` holds (a bounded number of loop turns)."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
+
+
+async def test_coalesced_waits_are_counted() -> None:
+    """Two concurrent misses of one ID: one backend call, one coalesced wait."""
+    backend = GatedBackend([ALICE])
+    gate = Gate(Settings(backend=backend))
+    registry = CollectorRegistry()
+    register_metrics(registry, gates=[gate])
+
+    first = asyncio.create_task(gate.acheck("sess-alice"))
+    await until(lambda: backend.calls == 1)
+    second = asyncio.create_task(gate.acheck("sess-alice"))
+    await until(lambda: gate.cache.stats()["coalesced"] == 1)
+    backend.release.set()
+    assert await first == ALICE
+    assert await second == ALICE
+
+    s = scrape(registry)
+    g = gate_name(gate)
+    assert backend.calls == 1
+    assert value(s, "sessionmw_cache_coalesced_waits_total", gate=g) == 1
+    assert value(s, "sessionmw_cache_misses_total", gate=g) == 2
+    assert value(s, "sessionmw_backend_lookup_seconds_count", gate=g) == 1
+    assert value(s, "sessionmw_requests_allowed_total", gate=g) == 2
+
+
+class StatsBus:
+    """A bus reporting Redis-bus style health (stats() and a lag histogram)."""
+
+    connected = False
+
+    def __init__(self) -> None:
+        self.lag_histogram = Histogram(REVOCATION_LAG_BUCKETS)
+
+    def stats(self) -> dict[str, Any]:
+        return {"connected": False, "gaps": 2, "reconnects": 3, "lag_ms": {"last": 4.0}}
+
+
+def test_bus_health_and_revocation_lag() -> None:
+    """Gaps, reconnects and the connected gauge come from the bus; lag is a histogram."""
+    gate = Gate(Settings(backend=MemoryBackend()))
+    bus = StatsBus()
+    gate.bus = bus  # type: ignore[assignment]
+    registry = CollectorRegistry()
+    register_metrics(registry, gates=[gate])
+
+    bus.lag_histogram.observe(0.004)  # as the Redis bus does per applied entry
+    gate.apply_event(SessionRevoked("sess-alice"), sent_at=time.time() - 0.5)
+
+    s = scrape(registry)
+    g = gate_name(gate)
+    assert value(s, "sessionmw_bus_gaps_total", gate=g) == 2
+    assert value(s, "sessionmw_bus_reconnects_total", gate=g) == 3
+    assert value(s, "sessionmw_bus_connected", gate=g) == 0
+    assert value(s, "sessionmw_revocation_lag_seconds_count", gate=g) == 2
+    assert value(s, "sessionmw_revocation_lag_seconds_bucket", gate=g, le="0.005") == 1
+    assert value(s, "sessionmw_revocation_lag_seconds_bucket", gate=g, le="0.25") == 1
+    assert value(s, "sessionmw_revocation_lag_seconds_bucket", gate=g, le="60.0") == 2
+    assert value(s, "sessionmw_revocation_lag_seconds_sum", gate=g) >= 0.504
+    assert value(s, "sessionmw_invalidation_events_total", gate=g, type="session_revoked") == 1
+
+
+async def test_requests_through_the_asgi_adapter_on_the_default_collection() -> None:
+    """Without ``gates=``, the collector finds the gate an adapter built; no ID leaks."""
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from sessionmw.asgi import DeviceSessionMiddleware
+
+    async def whoami(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(request.state.device_session.user_id)
+
+    backend = MemoryBackend([ALICE])
+    app = DeviceSessionMiddleware(
+        Starlette(routes=[Route("/whoami", whoami)]),
+        backend=backend,
+        invalidation_secret=(new_secret(),),
+        exempt_paths=["/only-in-test-metrics"],  # a label no other test's gate shares
+    )
+    registry = CollectorRegistry()
+    register_metrics(registry)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        ok = await client.get("/whoami", headers={"x-device-session-id": "sess-alice"})
+        assert ok.text == "user-alice"
+        await client.get("/whoami", headers={"x-device-session-id": "sess-alice"})
+        assert (await client.get("/whoami")).status_code == 401
+        unknown = await client.get("/whoami", headers={"x-device-session-id": "nobody"})
+        assert unknown.status_code == 401
+
+    s = scrape(registry)
+    g = gate_name(app.gate)
+    assert value(s, "sessionmw_requests_allowed_total", gate=g) == 2
+    assert value(s, "sessionmw_requests_rejected_total", gate=g, reason="missing") == 1
+    assert value(s, "sessionmw_requests_rejected_total", gate=g, reason="unknown") == 1
+    assert value(s, "sessionmw_cache_hits_total", gate=g) == 1
+    assert value(s, "sessionmw_cache_entries", gate=g) == 2
+    assert_no_ids(s)
+
+
+def test_gate_label_is_stable_and_secret_free() -> None:
+    """Alike gates share a label; a different secret value does not change it."""
+    backend = MemoryBackend()
+    a = Gate(Settings(backend=backend, invalidation_secret=(new_secret(),)))
+    b = Gate(Settings(backend=backend, invalidation_secret=(new_secret(),)))
+    c = Gate(Settings(backend=backend, ttl=5))
+    assert gate_name(a) == gate_name(b) != gate_name(c)
+    assert len(gate_name(a)) == 8
+    assert gate_name(Gate(Settings())) == gate_name(Gate(Settings()))
+
+
+def test_alike_gates_are_summed_under_one_label() -> None:
+    """Two gates with the same label export one series: the sum."""
+    backend = MemoryBackend([ALICE])
+    a, b = Gate(Settings(backend=backend)), Gate(Settings(backend=backend))
+    registry = CollectorRegistry()
+    register_metrics(registry, gates=[a, b])
+    a.check("sess-alice")
+    b.check("sess-alice")
+    b.check("sess-alice")
+    s = scrape(registry)
+    assert value(s, "sessionmw_requests_allowed_total", gate=gate_name(a)) == 3
+    assert value(s, "sessionmw_cache_entries", gate=gate_name(a)) == 2
+
+
+def test_registering_twice_on_one_registry_is_refused() -> None:
+    """prometheus_client's duplicate check applies; unregistering frees the names."""
+    registry = CollectorRegistry()
+    collector = register_metrics(registry, gates=[])
+    with pytest.raises(ValueError, match="Duplicated"):
+        register_metrics(registry, gates=[])
+    registry.unregister(collector)
+    register_metrics(registry, gates=[])
+    assert 'sessionmw_info{version="' in generate_latest(registry).decode()
+
+
+def test_metrics_without_prometheus_client_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Importing sessionmw.metrics without prometheus_client says what to install."""
+    monkeypatch.delitem(sys.modules, "sessionmw.metrics", raising=False)
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    with pytest.raises(ImportError, match=r"pip install 'sessionmw\[prometheus\]'"):
+        importlib.import_module("sessionmw.metrics")
+
+
+def test_require_extra_only_rewrites_the_missing_package() -> None:
+    """A missing package names the extra; other import errors surface unchanged."""
+    with pytest.raises(MissingExtra, match=r"sessionmw\[flask\]") as info:
+        require("no_such_package_xyz", "flask", feature="sessionmw.contrib.flask")
+    assert "sessionmw.contrib.flask needs 'no_such_package_xyz'" in str(info.value)
+    with pytest.raises(ModuleNotFoundError) as other, require_extra("json", "none"):
+        import no_such_dependency_abc  # type: ignore[import-not-found]  # noqa: F401
+    assert not isinstance(other.value, MissingExtra)
+    assert require("json", "none").__name__ == "json"
