@@ -128,12 +128,35 @@ class _Flight:
     __slots__ = ("future", "gen", "user_seq")
 
     def __init__(self, gen: int, user_seq: int) -> None:
-        self.future: concurrent.futures.Future[_FlightResult] = concurrent.futures.Future()
-        # A RUNNING future cannot be cancelled: an asyncio waiter cancelled while
-        # awaiting ``wrap_future(future)`` must not cancel the fetch for everyone else.
-        self.future.set_running_or_notify_cancel()
+        # Created by the first waiter only (under the cache lock): most misses are
+        # not contended, and a Future costs more than the rest of a miss.
+        self.future: concurrent.futures.Future[_FlightResult] | None = None
         self.gen = gen  # MemoryCache._gen when the fetch started (clear() detection)
         self.user_seq = user_seq  # MemoryCache._user_seq when it started
+
+    def join(self) -> concurrent.futures.Future[_FlightResult]:
+        """The future a waiter blocks on or awaits. Call under the cache lock."""
+        future = self.future
+        if future is None:
+            future = self.future = concurrent.futures.Future()
+            # A RUNNING future cannot be cancelled: an asyncio waiter cancelled while
+            # awaiting ``wrap_future(future)`` must not cancel it for everyone else.
+            future.set_running_or_notify_cancel()
+        return future
+
+    def settle(self, result: _FlightResult | BackendUnavailable) -> None:
+        """Hand the outcome to the waiters, if any.
+
+        Call once the flight is out of the cache's table (under the lock), so no
+        waiter can join after ``future`` is read.
+        """
+        future = self.future
+        if future is None:
+            return
+        if isinstance(result, BackendUnavailable):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
 
 
 UserIndexValue = str | tuple[str, ...] | set[str]
@@ -288,14 +311,14 @@ class MemoryCache:
             return None
         counted = False
         while True:
-            answer, flight, leader = self._join(session_id, counted)
+            answer, flight, future = self._join(session_id, counted)
             counted = True
-            if flight is None:
-                return answer
-            if leader:
+            if flight is not None:
                 return self._lead_sync(session_id, flight)
+            if future is None:
+                return answer
             try:
-                result = flight.future.result()
+                result = future.result()
             except BackendUnavailable as exc:
                 return self._fallback(session_id, exc, waiter=True)
             if result is not _RETRY:
@@ -324,14 +347,14 @@ class MemoryCache:
             return None
         counted = False
         while True:
-            answer, flight, leader = self._join(session_id, counted)
+            answer, flight, future = self._join(session_id, counted)
             counted = True
-            if flight is None:
-                return answer
-            if leader:
+            if flight is not None:
                 return await self._lead_async(session_id, flight)
+            if future is None:
+                return answer
             try:
-                result = await asyncio.wrap_future(flight.future)
+                result = await asyncio.wrap_future(future)
             except BackendUnavailable as exc:
                 return self._fallback(session_id, exc, waiter=True)
             if result is not _RETRY:
@@ -341,22 +364,25 @@ class MemoryCache:
 
     def _join(
         self, session_id: str, counted: bool
-    ) -> tuple[SessionRecord | None, _Flight | None, bool]:
+    ) -> tuple[
+        SessionRecord | None, _Flight | None, concurrent.futures.Future[_FlightResult] | None
+    ]:
         """Under the lock: answer from memory, join the flight in progress, or lead one.
 
-        Returns ``(answer, None, False)`` when memory answers after all (another
-        caller stored it since our lock-free read), else ``(None, flight, leader)``.
+        Returns ``(answer, None, None)`` when memory answers after all (another
+        caller stored it since our lock-free read), ``(None, None, future)`` to wait
+        for a flight in progress, or ``(None, flight, None)`` to lead a new one.
         """
         with self._lock:
             answer = self.peek(session_id)
             if answer is not MISS:
-                return answer, None, False
+                return answer, None, None
             if not counted:
                 self._misses += 1
             flight = self._flights.get(session_id)
             if flight is not None:
                 self._coalesced += 1
-                return None, flight, False
+                return None, None, flight.join()
             entry = self._data.get(session_id)
             if entry is not None:
                 ttl = self._ttl if entry.record is not None else self._negative_ttl
@@ -364,7 +390,7 @@ class MemoryCache:
                     self._expirations += 1
             flight = _Flight(self._gen, self._user_seq)
             self._flights[session_id] = flight
-            return None, flight, True
+            return None, flight, None
 
     def _lead_sync(self, session_id: str, flight: _Flight) -> SessionRecord | None:
         try:
@@ -402,8 +428,8 @@ class MemoryCache:
                 record = dataclasses.replace(record, status=_REVOKED)
                 self._revocations += 1
             if flight.gen == self._gen:
-                self._store(session_id, record)
-        flight.future.set_result(record)
+                record = self._store(session_id, record)
+        flight.settle(record)
         return record
 
     def _fail(self, session_id: str, flight: _Flight, exc: Exception) -> BackendUnavailable:
@@ -418,7 +444,7 @@ class MemoryCache:
             if self._flights.get(session_id) is flight:
                 del self._flights[session_id]
             self._backend_errors += 1
-        flight.future.set_exception(error)
+        flight.settle(error)
         get_logger().warning(
             BACKEND_UNAVAILABLE,
             session=hash_id(session_id),
@@ -431,7 +457,7 @@ class MemoryCache:
         with self._lock:
             if self._flights.get(session_id) is flight:
                 del self._flights[session_id]
-        flight.future.set_result(_RETRY)
+        flight.settle(_RETRY)
 
     def _fallback(
         self, session_id: str, error: BackendUnavailable, *, waiter: bool
@@ -481,13 +507,16 @@ class MemoryCache:
                 return seq > user_seq
         return False
 
-    def _store(self, session_id: str, record: SessionRecord | None) -> None:
+    def _store(self, session_id: str, record: SessionRecord | None) -> SessionRecord | None:
+        """Cache a fetched answer; returns the record as stored (see _shared_user)."""
         data = self._data
         entry = data.get(session_id)
         if record is None and self._negative_ttl <= 0:
             if entry is not None:
                 self._drop(entry)
-            return
+            return None
+        if record is not None:
+            record = self._shared_user(record)
         now = self._clock()
         if entry is not None:
             old = entry.record
@@ -496,9 +525,10 @@ class MemoryCache:
             # ``record`` before ``fetched``: see _Entry.
             entry.record = record
             entry.fetched = now
+            entry.ref = True  # asked for again: it is in use
             if record is not None and (old is None or old.user_id != record.user_id):
                 self._index(entry.key, record.user_id)
-            return
+            return record
         while len(data) >= self._max_entries:
             self._evict_one()
         # Key by the record's own ID string when equal: one string object per entry.
@@ -512,6 +542,24 @@ class MemoryCache:
         self._order.append(entry)
         if record is not None:
             self._index(key, record.user_id)
+        return record
+
+    def _shared_user(self, record: SessionRecord) -> SessionRecord:
+        """``record``, re-pointed at the user ID string already cached for that user.
+
+        Backends build a new ``user_id`` string per record; for a user with several
+        cached sessions one copy is enough (about 70 bytes saved per extra session).
+        Costs a record copy on a miss, never anything on a hit.
+        """
+        current = self._users.get(record.user_id)
+        if current is None:
+            return record
+        key = current if isinstance(current, str) else next(iter(current))
+        other = self._data.get(key)
+        shared = other.record.user_id if other is not None and other.record is not None else None
+        if shared is None or shared is record.user_id:
+            return record
+        return dataclasses.replace(record, user_id=shared)
 
     def _evict_one(self) -> None:
         data = self._data
