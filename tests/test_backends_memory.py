@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import httpx
@@ -81,18 +82,22 @@ def test_from_url_sqlite_is_lazy(tmp_path: Path) -> None:
     backend.close()
 
 
+_BARE_PG = "postgresql" if importlib.util.find_spec("psycopg2") else "postgresql+psycopg"
+
+
 @pytest.mark.parametrize(
-    "url",
+    ("url", "driver"),
     [
-        "postgresql://postgres@127.0.0.1:1/test",
-        "postgres://postgres@127.0.0.1:1/test",
-        "postgresql+psycopg://postgres@127.0.0.1:1/test",
+        ("postgresql://postgres@127.0.0.1:1/test", _BARE_PG),
+        ("postgres://postgres@127.0.0.1:1/test", _BARE_PG),
+        ("postgresql+psycopg://postgres@127.0.0.1:1/test", "postgresql+psycopg"),
+        ("postgres+psycopg://postgres@127.0.0.1:1/test", "postgresql+psycopg"),
     ],
 )
-def test_from_url_postgres_maps_to_psycopg3(url: str) -> None:
+def test_from_url_postgres_driver(url: str, driver: str) -> None:
     backend = backend_from_url(url)
     assert isinstance(backend, SQLBackend)
-    assert backend.engine.url.drivername == "postgresql+psycopg"
+    assert backend.engine.url.drivername == driver
     assert backend.table_name == "device_sessions"
     backend.close()
 

@@ -22,7 +22,10 @@ from typing import Any
 
 import redis
 import redis.asyncio as aredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
+from redis.retry import Retry as SyncRetry
 
 from sessionmw._log import BACKEND_MALFORMED, get_logger, hash_id
 from sessionmw.errors import BackendUnavailable, ConfigError
@@ -124,6 +127,7 @@ class RedisBackend:
     # -- clients -----------------------------------------------------------------
 
     def _options(self) -> dict[str, Any]:
+        # No retries: a retried timeout would overrun backend_timeout several times over.
         return {"socket_timeout": self.timeout, "socket_connect_timeout": self.timeout}
 
     def _after_fork(self) -> None:
@@ -141,7 +145,9 @@ class RedisBackend:
         with self._lock:
             self._after_fork()
             if self._sync is None:
-                self._sync = redis.Redis.from_url(self.url, **self._options())
+                self._sync = redis.Redis.from_url(
+                    self.url, retry=SyncRetry(NoBackoff(), 0), **self._options()
+                )
             return self._sync
 
     def _async_client(self) -> aredis.Redis:
@@ -150,7 +156,9 @@ class RedisBackend:
             self._after_fork()
             client = self._async.get(loop)
             if client is None:
-                client = aredis.Redis.from_url(self.url, **self._options())
+                client = aredis.Redis.from_url(
+                    self.url, retry=AsyncRetry(NoBackoff(), 0), **self._options()
+                )
                 self._async[loop] = client
             return client
 
