@@ -8,7 +8,6 @@ invalidation hook through these functions, so they agree byte for byte.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from http import HTTPStatus
 from typing import Any, Protocol
 
 from sessionmw.hook import (
@@ -21,7 +20,7 @@ from sessionmw.hook import (
     InvalidationHook,
 )
 
-__all__ = ["environ_key", "read_body", "serve_hook", "status_line"]
+__all__ = ["environ_key", "hook_headers", "read_body", "serve_hook"]
 
 _CHUNK = 16 * 1024
 _HOOK_HEADERS = (
@@ -46,14 +45,6 @@ def environ_key(header: str) -> str:
     ``invalid_session`` by the gate's syntax check, with no cache or backend access.
     """
     return "HTTP_" + header.upper().replace("-", "_")
-
-
-def status_line(status: int) -> str:
-    """``401`` -> ``'401 Unauthorized'`` (a WSGI status string)."""
-    try:
-        return f"{status} {HTTPStatus(status).phrase}"
-    except ValueError:
-        return f"{status} Unknown"
 
 
 def read_body(
