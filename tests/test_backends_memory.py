@@ -146,6 +146,8 @@ def test_wrong_client_types_are_rejected() -> None:
         RedisBackend("redis://127.0.0.1/0", timeout=1, client=object())
     with pytest.raises(ConfigError):
         HTTPBackend("http://h/{session_id}", timeout=1, client=object())
+    with pytest.raises(ConfigError):
+        backend_from_url("sqlite:///x.db", client=object())
 
 
 def test_given_clients_are_kept() -> None:

@@ -90,6 +90,8 @@ class SQLBackend:
     def __init__(self, url: str, *, timeout: float = 2.0, engine: Engine | None = None) -> None:
         if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
             raise ConfigError("backend_timeout", f"must be a positive number, got {timeout!r}")
+        if engine is not None and not isinstance(engine, Engine):
+            raise ConfigError("backend", f"not a sync SQLAlchemy Engine: {type(engine).__name__}")
         try:
             parsed = make_url(url)
         except ArgumentError:
