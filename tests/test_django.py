@@ -26,7 +26,6 @@ django_settings.setup()
 
 SECRET = new_secret()
 HOOK = "/_internal/session-invalidation"
-HEADER = "HTTP_X_DEVICE_SESSION_ID"
 
 
 @pytest.fixture(autouse=True)
@@ -93,7 +92,7 @@ def test_no_sessionmw_setting_means_defaults() -> None:
 
 def test_record_on_request(configured: dict[str, Any]) -> None:
     """request.device_session holds the record; the view sees it."""
-    response = Client().get("/whoami", **{HEADER: "good"})
+    response = Client().get("/whoami", headers={"X-Device-Session-ID": "good"})
     assert response.status_code == 200
     assert response.json() == {"user_id": "u1", "session_id": "good"}
 
@@ -101,7 +100,7 @@ def test_record_on_request(configured: dict[str, Any]) -> None:
 def test_exempt_view_skips_check(configured: dict[str, Any]) -> None:
     """An @exempt view answers without a session, even with a malformed header."""
     assert Client().get("/healthz").content == b"ok"
-    assert Client().get("/healthz", **{HEADER: "a b"}).status_code == 200
+    assert Client().get("/healthz", headers={"X-Device-Session-ID": "a b"}).status_code == 200
 
 
 async def test_exempt_view_skips_check_async(configured: dict[str, Any]) -> None:
@@ -120,7 +119,7 @@ def test_missing_session_is_401_before_csrf(configured: dict[str, Any]) -> None:
     response = client.post("/whoami")
     assert response.status_code == 401
     # With a valid session, CSRF still guards the view.
-    assert client.post("/whoami", **{HEADER: "good"}).status_code == 403
+    assert client.post("/whoami", headers={"X-Device-Session-ID": "good"}).status_code == 403
 
 
 async def test_async_mode_uses_acheck(
@@ -185,12 +184,12 @@ def test_middleware_modes() -> None:
 def test_csrf_does_not_block_hook(configured: dict[str, Any]) -> None:
     """The hook view is CSRF-exempt and session-exempt: a signed POST is applied."""
     client = Client(enforce_csrf_checks=True)
-    assert client.get("/whoami", **{HEADER: "good"}).status_code == 200
+    assert client.get("/whoami", headers={"X-Device-Session-ID": "good"}).status_code == 200
     headers, body = signed_request(SECRET, [{"type": "session_revoked", "session_id": "good"}])
     response = client.post(HOOK, body, content_type="application/json", headers=headers)
     assert (response.status_code, response.json()) == (200, {"applied": 1})
-    assert client.get("/whoami", **{HEADER: "good"}).status_code == 401
-    assert client.get("/whoami", **{HEADER: "other"}).status_code == 200
+    assert client.get("/whoami", headers={"X-Device-Session-ID": "good"}).status_code == 401
+    assert client.get("/whoami", headers={"X-Device-Session-ID": "other"}).status_code == 200
 
 
 async def test_hook_async(configured: dict[str, Any]) -> None:
@@ -229,9 +228,12 @@ class CountingStream:
 def test_hook_chunked_oversize_under_wsgi(configured: dict[str, Any]) -> None:
     """Under WSGI the hook reads the server's stream, so chunked bodies are limited too."""
     stream = CountingStream(10 * MAX_BODY)
-    response = Client().generic(
-        "POST", HOOK, **{"wsgi.input": stream, "wsgi.input_terminated": True, "CONTENT_LENGTH": ""}
-    )
+    environ: dict[str, Any] = {
+        "wsgi.input": stream,
+        "wsgi.input_terminated": True,
+        "CONTENT_LENGTH": "",
+    }
+    response = Client().generic("POST", HOOK, **environ)
     assert response.status_code == 413
     assert stream.read_bytes == MAX_BODY + 1
 
