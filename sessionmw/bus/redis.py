@@ -36,13 +36,10 @@ import random
 import socket
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis
-import redis.asyncio as aredis
-from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
@@ -120,18 +117,12 @@ def _sync_client(url: str, timeout: float, **extra: Any) -> redis.Redis:
     return redis.Redis.from_url(url, **options)
 
 
-def _async_client(url: str, timeout: float) -> aredis.Redis:
-    return aredis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=AsyncRetry(NoBackoff(), 1),
-    )
-
-
 class _Clients:
-    """Lazily built clients for producers: one sync client per process and one
-    ``redis.asyncio`` client per event loop. Rebuilt after a fork."""
+    """The producers' client, built on first use and rebuilt after a fork.
+
+    The async paths run the sync calls in a worker thread (``asyncio.to_thread``):
+    publishing happens once per hook call, not per request, and a thread hop costs
+    far less than a ``redis.asyncio`` client per event loop that nobody closes."""
 
     def __init__(self, url: str, timeout: float) -> None:
         self.url = url
@@ -139,16 +130,12 @@ class _Clients:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._sync: redis.Redis | None = None
-        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aredis.Redis] = (
-            weakref.WeakKeyDictionary()
-        )
 
     def after_fork(self) -> None:
         # Drop, never close: the parent still uses those sockets.
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._sync = None
-        self._async = weakref.WeakKeyDictionary()
 
     def sync(self) -> redis.Redis:
         client = self._sync
@@ -161,21 +148,9 @@ class _Clients:
                 self._sync = _sync_client(self.url, self.timeout)
             return self._sync
 
-    def for_loop(self) -> aredis.Redis:
-        if self._pid != os.getpid():
-            self.after_fork()
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            client = self._async.get(loop)
-            if client is None:
-                client = self._async[loop] = _async_client(self.url, self.timeout)
-            return client
-
     def close(self) -> None:
         with self._lock:
             client, self._sync = self._sync, None
-            # Async clients belong to their loops; dropping them lets them be collected.
-            self._async = weakref.WeakKeyDictionary()
         if client is not None and self._pid == os.getpid():
             client.close()
 
@@ -214,24 +189,10 @@ class RedisReplayGuard:
             )
 
     async def aclaim(self, webhook_id: str) -> bool:
-        client = self._clients.for_loop()
-        try:
-            result = await asyncio.wait_for(
-                client.set(self.key(webhook_id), b"1", nx=True, ex=self.window),
-                self._clients.timeout,
-            )
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
-            raise BusUnavailable(f"replay guard unavailable: {type(exc).__name__}") from None
-        return bool(result)
+        return await asyncio.to_thread(self.claim, webhook_id)
 
     async def arelease(self, webhook_id: str) -> None:
-        try:
-            client = self._clients.for_loop()
-            await asyncio.wait_for(client.delete(self.key(webhook_id)), self._clients.timeout)
-        except Exception as exc:  # must never raise
-            get_logger().warning(
-                BUS_DISCONNECTED, problem="replay guard release failed", error=type(exc).__name__
-            )
+        await asyncio.to_thread(self.release, webhook_id)
 
 
 class _Lag:
@@ -344,6 +305,7 @@ class RedisBus:
         self._cursor: StreamID | None = None
         # True when the cursor names an ID this stream really had (not a synthetic one).
         self._cursor_real = False
+        self._seq: int | None = None
         self._entries_added: int | None = None
         self._gap_ack: StreamID = ZERO
         self._run_id: str | None = None
@@ -428,16 +390,9 @@ class RedisBus:
             raise BusUnavailable(f"Redis bus unavailable: {type(exc).__name__}") from None
 
     async def apublish(self, events: Sequence[Event]) -> None:
-        """Like :meth:`publish`, on the running loop's own asyncio client."""
-        if not events:
-            return
-        try:
-            pipe = self._clients.for_loop().pipeline(transaction=False)
-            for event in events:
-                pipe.xadd(self.stream, _stream_fields(event), maxlen=MAXLEN, approximate=True)  # type: ignore[arg-type]
-            await asyncio.wait_for(pipe.execute(), self.timeout)
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
-            raise BusUnavailable(f"Redis bus unavailable: {type(exc).__name__}") from None
+        """Like :meth:`publish`, in a worker thread so the event loop never blocks."""
+        if events:
+            await asyncio.to_thread(self.publish, events)
 
     def stats(self) -> dict[str, Any]:
         """Subscriber health and revocation lag (milliseconds) in this process."""
@@ -527,9 +482,10 @@ class RedisBus:
             run_id = ""
         restarted = bool(run_id) and self._run_id is not None and run_id != self._run_id
         self._run_id = run_id
-        self._check(client, restarted=restarted)
-        while self._read(client, block=None) >= BATCH:
-            pass
+        if self._cursor is None:
+            self._initial_cursor(client)
+        while not self._sync(client, restarted=restarted):
+            restarted = False
         self._connects += 1
         self._connected = True
         if self._cache is not None:
@@ -545,16 +501,13 @@ class RedisBus:
         next_check = time.monotonic() + self.check_interval
         while not stop.is_set():
             if time.monotonic() >= next_check:
-                self._check(client, restarted=False)
+                self._sync(client, restarted=False)
                 next_check = time.monotonic() + self.check_interval
-            self._read(client, block=self.block_ms)
-
-    def _read(self, client: redis.Redis, *, block: int | None) -> int:
-        cursor = format_id(self._cursor or ZERO)
-        entries = _entries(client.xread({self.stream: cursor}, count=BATCH, block=block))
-        if entries:
-            self._handle(entries)
-        return len(entries)
+            cursor = format_id(self._cursor or ZERO)
+            reply = client.xread({self.stream: cursor}, count=BATCH, block=self.block_ms)
+            entries = _entries(reply)
+            if entries:
+                self._handle(entries)
 
     def _handle(self, entries: Sequence[tuple[Any, Mapping[Any, Any]]]) -> None:
         applied: list[Event] = []
@@ -562,6 +515,8 @@ class RedisBus:
         for raw_id, fields in entries:
             entry_id = parse_id(raw_id)
             self._cursor, self._cursor_real = entry_id, True
+            if self._seq is not None:
+                self._seq += 1
             try:
                 event = from_fields(fields)
             except InvalidPayload as exc:
@@ -589,71 +544,121 @@ class RedisBus:
             )
 
     # -- gap detection -----------------------------------------------------------
+    #
+    # Position bookkeeping: ``_cursor`` is the last entry ID read; ``_seq`` (when
+    # known) is how many entries the stream had ever been given up to and including
+    # the cursor, in the stream's own ``entries-added`` count. Trimming removes
+    # entries from the head only and does not move ``max-deleted-entry-id`` (XDEL
+    # does), so a trim past the cursor shows as "every entry still present is after
+    # the cursor, yet fewer are present than were added after it".
 
-    def _check(self, client: redis.Redis, *, restarted: bool) -> None:
+    def _info(self, client: redis.Redis) -> dict[str, Any] | None:
         try:
-            info: dict[str, Any] | None = client.xinfo_stream(self.stream)
+            info: dict[str, Any] = client.xinfo_stream(self.stream)
         except ResponseError as exc:
             if "no such key" not in str(exc).lower():
                 raise
-            info = None
-        cursor = self._cursor
+            return None
+        return info
+
+    def _initial_cursor(self, client: redis.Redis) -> None:
+        """First connect of this process: start near the end, a little before start()."""
+        info = self._info(client)
         if info is None:
-            if cursor is None:
-                self._cursor, self._cursor_real = ZERO, True
-            elif cursor > ZERO or restarted:
-                self._gap("stream_missing" if not restarted else "redis_restarted")
-                self._cursor, self._cursor_real = ZERO, True
-            self._entries_added = 0
-            self._gap_ack = ZERO
+            self._cursor, self._cursor_real, self._seq = ZERO, True, 0
             return
         last = parse_id(info["last-generated-id"])
+        since = (max(0, self._started_ms - START_REPLAY_MS), 0)
+        cursor = min(last, since)
+        self._cursor, self._cursor_real = cursor, cursor == last
         added = info.get("entries-added")
+        self._seq = added if cursor == last else None
+        self._entries_added = added
+
+    def _sync(self, client: redis.Redis, *, restarted: bool) -> bool:
+        """One atomic look at the stream (XINFO, our own entry, the next batch): check
+        for a gap, then apply the batch. True when caught up with the stream's end."""
+        cursor = self._cursor or ZERO
+        text = format_id(cursor)
+        pipe = client.pipeline(transaction=True)
+        pipe.xinfo_stream(self.stream)
+        pipe.xrange(self.stream, text, text, count=1)
+        pipe.xread({self.stream: text}, count=BATCH)
+        info, own, reply = pipe.execute(raise_on_error=False)
+        if isinstance(info, ResponseError) and "no such key" in str(info).lower():
+            info = None
+        for result in (info, own, reply):
+            if isinstance(result, Exception):
+                raise result
+        if self._gap_check(info, cursor, bool(own), restarted=restarted):
+            return False  # the cursor went back to 0-0: read the new stream from its start
+        entries = _entries(reply)
+        if entries:
+            self._handle(entries)
+        if len(entries) >= BATCH:
+            return False
+        if info is not None:
+            # Caught up as of this snapshot: the cursor is the stream's last ID.
+            last = parse_id(info["last-generated-id"])
+            if self._cursor is None or self._cursor < last:
+                self._cursor, self._cursor_real = last, True
+            self._seq = info.get("entries-added")
+        return True
+
+    def _gap_check(
+        self, info: dict[str, Any] | None, cursor: StreamID, own: bool, *, restarted: bool
+    ) -> bool:
+        """Flush on a gap. True when the stream was recreated (cursor reset to 0-0)."""
+        if info is None:
+            if cursor > ZERO or restarted:
+                self._gap("stream_missing" if cursor > ZERO else "redis_restarted")
+            self._cursor, self._cursor_real, self._seq = ZERO, True, 0
+            self._entries_added, self._gap_ack = 0, ZERO
+            return False
+        last = parse_id(info["last-generated-id"])
+        added: int | None = info.get("entries-added")
         raw_deleted = info.get("max-deleted-entry-id")
         max_deleted = parse_id(raw_deleted) if raw_deleted is not None else None
-        if cursor is None:
-            # First connect of this process: start near the end, a little before start().
-            since = (max(0, self._started_ms - START_REPLAY_MS), 0)
-            cursor = min(last, since)
-            self._cursor, self._cursor_real = cursor, cursor == last
-        reason: str | None = None
-        went_back = (
-            added is not None and self._entries_added is not None and added < self._entries_added
-        )
-        if last < cursor or went_back:
-            reason = "stream_recreated"
-        elif (
-            self._cursor_real
-            and cursor > ZERO
-            and max_deleted is not None
-            and max_deleted < cursor
-            and not client.xrange(self.stream, format_id(cursor), format_id(cursor), count=1)
+        first_entry = info.get("first-entry")
+        first = parse_id(first_entry[0]) if first_entry else None
+        length = int(info.get("length", 0))
+        previous, self._entries_added = self._entries_added, added
+        seq = self._seq
+        lost_own = self._cursor_real and cursor > ZERO and not own
+        if (
+            last < cursor
+            or (added is not None and previous is not None and added < previous)
+            or (added is not None and seq is not None and added < seq)
+            or (restarted and lost_own)
+            # More entries after the cursor than were ever added after it: another stream.
+            or (
+                lost_own
+                and added is not None
+                and seq is not None
+                and (first is None or first > cursor)
+                and added - seq < length
+            )
         ):
-            # Our last entry is gone, yet this stream never deleted anything that far:
-            # it is not the stream we were reading.
-            reason = "stream_recreated"
-        if reason is not None:
-            self._gap(reason)
-            # Everything in the new stream is unseen: read it from the start.
-            self._cursor, self._cursor_real = ZERO, True
+            self._gap("stream_recreated")
+            self._cursor, self._cursor_real, self._seq = ZERO, True, 0
             self._gap_ack = max_deleted or ZERO
-        else:
-            if max_deleted is not None:
-                trimmed = max_deleted > cursor and max_deleted > self._gap_ack
-                horizon = max_deleted
-            else:  # Redis < 7: only the first entry tells
-                first = info.get("first-entry")
-                horizon = parse_id(first[0]) if first else last
-                trimmed = (
-                    self._cursor_real
-                    and cursor > ZERO
-                    and horizon > _successor(cursor)
-                    and horizon > self._gap_ack
-                )
-            if trimmed:
-                self._gap("trimmed")
-                self._gap_ack = horizon
-        self._entries_added = added
+            return True
+        reason: str | None = None
+        head_past = first is None or first > cursor  # every entry left is after the cursor
+        if max_deleted is not None and max_deleted > cursor and max_deleted > self._gap_ack:
+            reason = "deleted"
+            self._gap_ack = max_deleted
+        elif head_past:
+            if added is not None and seq is not None:
+                if added - seq > length:
+                    reason = "trimmed"
+            elif lost_own:  # Redis < 7, or position unknown: our entry is gone
+                reason = "trimmed"
+        if reason is not None:
+            if head_past and added is not None:
+                self._seq = added - length
+            self._gap(reason)
+        return False
 
     def _gap(self, reason: str) -> None:
         self._gaps += 1
