@@ -3,11 +3,13 @@
 One call registers a collector that reads the gates' own cumulative counters when
 Prometheus scrapes, so requests pay nothing for metrics::
 
-    from prometheus_client import make_asgi_app
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from sessionmw.metrics import register_metrics
 
-    register_metrics()                      # on prometheus_client's default registry
-    app.mount("/metrics", make_asgi_app())  # and exempt "/metrics" from the gate
+    register_metrics()  # on prometheus_client's default registry
+
+    async def metrics(request):  # a route at /metrics, listed in exempt_paths
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 Pass ``registry=`` to use your own :class:`~prometheus_client.CollectorRegistry`,
 and ``gates=`` to export chosen gates only (a mapping gives them your own names).

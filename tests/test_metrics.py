@@ -346,3 +346,26 @@ def test_require_extra_only_rewrites_the_missing_package() -> None:
         import no_such_dependency_abc  # type: ignore[import-not-found]  # noqa: F401
     assert not isinstance(other.value, MissingExtra)
     assert require("json", "none").__name__ == "json"
+
+
+async def test_example_app_serves_metrics_exempt() -> None:
+    """examples/metrics_app.py: /metrics and /healthz need no session; /metrics
+    shows the requests made through the app."""
+    import httpx
+
+    from examples.metrics_app import create_app
+
+    registry = CollectorRegistry()
+    app = create_app(Settings(backend=MemoryBackend([ALICE])), registry)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        assert (await client.get("/healthz")).text == "ok"
+        whoami = await client.get("/whoami", headers={"x-device-session-id": "sess-alice"})
+        assert whoami.json() == {"user_id": "user-alice", "session_id": "sess-alice"}
+        assert (await client.get("/whoami")).status_code == 401
+        metrics = await client.get("/metrics")
+    assert metrics.status_code == 200
+    assert metrics.headers["content-type"].startswith("text/plain")
+    assert 'sessionmw_requests_allowed_total{gate="app"} 1.0' in metrics.text
+    assert 'sessionmw_requests_rejected_total{gate="app",reason="missing"} 1.0' in metrics.text
+    assert "alice" not in metrics.text
