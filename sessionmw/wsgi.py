@@ -25,7 +25,10 @@ from collections.abc import Iterable, Mapping
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
-from werkzeug.wrappers import Response
+from sessionmw._compat import require_extra
+
+with require_extra("werkzeug", "wsgi", feature="sessionmw.wsgi"):
+    from werkzeug.wrappers import Response
 
 from sessionmw._environ import environ_key, serve_hook
 from sessionmw.gate import INVALID, MISSING, UNAVAILABLE, Gate, Rejection, gate_for

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
+from sessionmw._compat import require_extra
 from sessionmw.backends.memory import MemoryBackend
 from sessionmw.errors import ConfigError
 from sessionmw.records import SessionRecord
@@ -43,15 +44,18 @@ def backend_from_url(url: str, *, timeout: float = 2.0, client: Any = None) -> B
     if scheme == "memory":
         return MemoryBackend()
     if scheme in ("redis", "rediss", "unix"):
-        from sessionmw.backends.redis import RedisBackend
+        with require_extra("redis", "redis", feature="the redis:// backend"):
+            from sessionmw.backends.redis import RedisBackend
 
         return RedisBackend(url, timeout=timeout, client=client)
     if scheme in ("http", "https"):
-        from sessionmw.backends.http import HTTPBackend
+        with require_extra("httpx", "http", feature="the http:// backend"):
+            from sessionmw.backends.http import HTTPBackend
 
         return HTTPBackend(url, timeout=timeout, client=client)
     if scheme.split("+", 1)[0] in SQL_DIALECTS:
-        from sessionmw.backends.sql import SQLBackend
+        with require_extra("sqlalchemy", "sql", feature="the SQL backend"):
+            from sessionmw.backends.sql import SQLBackend
 
         return SQLBackend(url, timeout=timeout, engine=client)
     raise ConfigError("backend", f"unsupported URL scheme {scheme!r}")

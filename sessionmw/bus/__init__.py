@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
+from sessionmw._compat import require_extra
 from sessionmw.errors import ConfigError
 from sessionmw.events import Event
 from sessionmw.replay import LocalReplayGuard, ReplayGuard
@@ -86,7 +87,8 @@ def bus_from_url(url: str, *, stream: str, outage_ttl: float) -> Bus:
     if scheme == "local":
         return LocalBus()
     if scheme in ("redis", "rediss", "unix"):
-        from sessionmw.bus.redis import RedisBus
+        with require_extra("redis", "redis", feature="the redis:// bus"):
+            from sessionmw.bus.redis import RedisBus
 
         return RedisBus(url, stream=stream, outage_ttl=outage_ttl)
     raise ConfigError("bus", f"unsupported URL scheme {scheme!r}")

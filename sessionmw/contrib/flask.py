@@ -24,7 +24,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from sessionmw._compat import require_extra
+
+with require_extra("flask", "flask", feature="sessionmw.contrib.flask"):
+    from flask import Blueprint, Flask, Response, current_app, g, request
 
 from sessionmw._environ import environ_key, serve_hook
 from sessionmw.errors import ConfigError

@@ -9,8 +9,11 @@
 
 from __future__ import annotations
 
-from sessionmw.contrib.django.conf import SessionMWImproperlyConfigured, load_settings
-from sessionmw.contrib.django.middleware import DeviceSessionMiddleware, exempt
+from sessionmw._compat import require_extra
+
+with require_extra("django", "django", feature="sessionmw.contrib.django"):
+    from sessionmw.contrib.django.conf import SessionMWImproperlyConfigured, load_settings
+    from sessionmw.contrib.django.middleware import DeviceSessionMiddleware, exempt
 
 __all__ = [
     "DeviceSessionMiddleware",
