@@ -34,6 +34,7 @@ from sessionmw.settings import Settings
 
 MAX_ID_LENGTH = 256
 _VALID_ID = re.compile(r"[A-Za-z0-9._~+/=-]{1,256}").fullmatch
+_ACTIVE = SessionStatus.ACTIVE
 
 
 class Rejection(NamedTuple):
@@ -147,6 +148,25 @@ class Gate:
         return method in self.exempt_methods or (
             bool(self.exempt_prefixes) and path.startswith(self.exempt_prefixes)
         )
+
+    def hit(self, value: str | None) -> SessionRecord | None:
+        """The fast path: the cached, active, unexpired record for ``value``, else ``None``.
+
+        No format check, no I/O, no logging: the cache only ever holds IDs that passed
+        the format check, so a hit proves the ID well-formed. On ``None`` the adapter
+        calls :meth:`check` / :meth:`acheck`, which decide everything else.
+        """
+        if value is None or len(value) > MAX_ID_LENGTH:
+            return None
+        record = self.cache.peek(value)
+        if (
+            record.__class__ is SessionRecord
+            and record.status is _ACTIVE
+            and ((expires_at := record.expires_at) is None or expires_at > time.time())
+        ):
+            self.allowed += 1
+            return record
+        return None
 
     def check(self, value: str | None, *, repeated: bool = False) -> SessionRecord | Rejection:
         """Decide a request from its header value (sync adapters).
