@@ -435,6 +435,8 @@ class RedisBus:
                     self.timeout,
                     socket_timeout=self.block_ms / 1000 + self.timeout,
                     single_connection_client=True,
+                    # Visible in CLIENT LIST: which processes have a live subscriber.
+                    client_name=f"sessionmw-bus-{os.getpid()}",
                     retry=Retry(NoBackoff(), 0),
                 )
                 self._sub_client = client
