@@ -90,14 +90,34 @@ def test_every_metric_is_documented() -> None:
     assert documented == exported
 
 
-def test_nav_lists_only_existing_pages_and_every_page() -> None:
-    """mkdocs.yml's nav names existing files, and every page of docs/ is in it."""
+def test_every_page_is_in_the_nav_and_missing_ones_are_pruned() -> None:
+    """Every page of docs/ is planned in mkdocs.yml's nav; the build hook keeps the
+    planned pages that exist, in order, and drops the others (and empty sections)."""
     config = (ROOT / "mkdocs.yml").read_text()
-    nav = config.split("\nnav:\n", 1)[1]
-    listed = set(re.findall(r":\s*([\w/-]+\.md)\s*$", nav, flags=re.M))
+    nav_text = config.split("\nnav:\n", 1)[1]
+    planned = re.findall(r":\s*([\w/-]+\.md)\s*$", nav_text, flags=re.M)
     present = {str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md")}
-    assert listed <= present, listed - present
-    assert present <= listed, present - listed
+    assert present <= set(planned), present - set(planned)
+
+    spec = importlib.util.spec_from_file_location("nav_hook", DOCS / "_hooks" / "nav.py")
+    assert spec is not None
+    assert spec.loader is not None
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    nav = [
+        {"Overview": "index.md"},
+        {"Frameworks": [{"A": "index.md"}, {"B": "not-written-yet.md"}]},
+        {"Empty": [{"C": "not-written-yet.md"}]},
+        {"Elsewhere": "https://example.org/"},
+        "metrics.md",
+        "gone.md",
+    ]
+    assert hook.prune(nav, DOCS) == [
+        {"Overview": "index.md"},
+        {"Frameworks": [{"A": "index.md"}]},
+        {"Elsewhere": "https://example.org/"},
+        "metrics.md",
+    ]
 
 
 def test_mkdocs_build_strict(tmp_path: Path) -> None:
