@@ -30,14 +30,15 @@ behave exactly as without it. Importing this module does not import Starlette; o
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from sessionmw.cache import MISS
 from sessionmw.errors import ConfigError
-from sessionmw.gate import _VALID_ID, Gate, Rejection, gate_for
+from sessionmw.gate import INVALID, MAX_ID_LENGTH, MISSING, Gate, Rejection, gate_for
 from sessionmw.hook import METHOD_NOT_ALLOWED, TOO_LARGE, BodyLimit, HookResponse
-from sessionmw.records import SessionRecord
+from sessionmw.records import SessionRecord, SessionStatus
 from sessionmw.settings import Settings
 
 if TYPE_CHECKING:
@@ -50,6 +51,10 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_ACTIVE = SessionStatus.ACTIVE
+_MAX_ID = MAX_ID_LENGTH
+_now = time.time
 
 #: Close code of a refused websocket handshake (RFC 6455: policy violation).
 WS_POLICY_VIOLATION = 1008
@@ -177,10 +182,47 @@ class DeviceSessionMiddleware:
     """
 
     def __init__(
-        self, app: ASGIApp, settings: Settings | Mapping[str, Any] | None = None, **kwargs: Any
+        self,
+        app: ASGIApp,
+        settings: Settings | Mapping[str, Any] | None = None,
+        *,
+        header: str | None = None,
+        backend: Any = None,
+        max_entries: int | None = None,
+        ttl: float | None = None,
+        negative_ttl: float | None = None,
+        stale_if_error: float | None = None,
+        backend_timeout: float | None = None,
+        exempt_paths: Iterable[str] | str | None = None,
+        exempt_methods: Iterable[str] | str | None = None,
+        invalidation_path: str | None = None,
+        invalidation_secret: Iterable[str] | str | None = None,
+        bus: str | None = None,
+        stream: str | None = None,
+        bus_outage_ttl: float | None = None,
     ) -> None:
+        # Explicit keywords (not **kwargs) so type checkers accept
+        # ``Middleware(DeviceSessionMiddleware, ...)``; None means "not given".
+        given = {
+            "header": header,
+            "backend": backend,
+            "max_entries": max_entries,
+            "ttl": ttl,
+            "negative_ttl": negative_ttl,
+            "stale_if_error": stale_if_error,
+            "backend_timeout": backend_timeout,
+            "exempt_paths": exempt_paths,
+            "exempt_methods": exempt_methods,
+            "invalidation_path": invalidation_path,
+            "invalidation_secret": invalidation_secret,
+            "bus": bus,
+            "stream": stream,
+            "bus_outage_ttl": bus_outage_ttl,
+        }
         self.app = app
-        self.settings = Settings.coerce(settings, **kwargs)
+        self.settings = Settings.coerce(
+            settings, **{key: value for key, value in given.items() if value is not None}
+        )
         self.gate = gate = gate_for(self.settings)
         self.hook_app = InvalidationApp(gate) if gate.hook is not None else None
         # Everything the request path needs, bound once.
@@ -191,7 +233,6 @@ class DeviceSessionMiddleware:
         self._exempt_prefixes = gate.exempt_prefixes or None
         self._peek = gate.cache.peek
         self._acheck = gate.acheck
-        self._verdict = gate._verdict
 
     # -- helpers (off the hot path) ----------------------------------------------
 
@@ -265,33 +306,57 @@ class DeviceSessionMiddleware:
             await self.app(scope, receive, send)
             return
 
-        # Header scan, inlined: the common case is one exact lower-case match.
+        # Header scan, inlined. ASGI servers send lower-case names (uvicorn, hypercorn,
+        # daphne, granian; HTTP/2 requires it; Starlette's own Headers relies on it),
+        # so an exact comparison is the scan; only when that finds nothing are names
+        # compared case-insensitively (see _header_value).
         wanted = self._header
         found: bytes | None = None
-        repeated = False
         for name, raw in scope["headers"]:
-            if name == wanted or (len(name) == self._header_len and name.lower() == wanted):
+            if name == wanted:
                 if found is not None:
-                    repeated = True
-                    break
+                    await _answer(self._repeated())(send)
+                    return
                 found = raw
-        if found is None or repeated:
-            outcome = await self._acheck(None, repeated=repeated)
+        if found is None:
+            value, repeated = self._header_value(scope["headers"])
+            if value is None or repeated:
+                await _answer(self._repeated() if repeated else self._missing())(send)
+                return
+            found = value.encode("latin-1")
+        # latin-1 keeps every byte; anything outside ASCII then fails the ID check.
+        value = found.decode("latin-1")
+
+        # The cache hit on an active session is decided here, with no await, no
+        # logging and no format check: the cache only ever holds IDs that passed
+        # the gate's format check, so a hit proves the ID well-formed.
+        record = self._peek(value) if len(value) <= _MAX_ID else MISS
+        if (
+            record.__class__ is SessionRecord
+            and record.status is _ACTIVE
+            and ((expires_at := record.expires_at) is None or expires_at > _now())
+        ):
+            gate.allowed += 1
         else:
-            # latin-1 keeps every byte; anything outside ASCII then fails the ID check.
-            value = found.decode("latin-1")
-            record = self._peek(value) if _VALID_ID(value) is not None else MISS
-            # A hit is decided without awaiting; a miss (or a bad ID) goes to the gate.
-            outcome = await self._acheck(value) if record is MISS else self._verdict(value, record)
-        if isinstance(outcome, Rejection):
-            await _answer(outcome)(send)
-            return
+            # Everything else (format check, miss, revoked, expired, backend down,
+            # the log line) is the gate's business.
+            outcome = await self._acheck(value)
+            if isinstance(outcome, Rejection):
+                await _answer(outcome)(send)
+                return
+            record = outcome
         state = scope.get("state")
         if state is None:
-            scope["state"] = {"device_session": outcome}
+            scope["state"] = {"device_session": record}
         else:
-            state["device_session"] = outcome
+            state["device_session"] = record
         await self.app(scope, receive, send)
+
+    def _missing(self) -> Rejection:
+        return self.gate._reject(MISSING, "missing")
+
+    def _repeated(self) -> Rejection:
+        return self.gate._reject(INVALID, "malformed")
 
 
 def _attach(scope: Scope, record: SessionRecord) -> None:
