@@ -15,8 +15,8 @@ In-process: the ASGI app is called directly with a prebuilt scope and no-op
 receive/send, CPU time (so other load on the machine hardly matters). Rounds are
 interleaved; "vs bare" is the median over rounds of the ratio within each round.
 Under uvicorn (``--loop uvloop --http httptools``, one worker) loaded by ``wrk`` when
-it is installed (Debian: ``apt-get install wrk``). Targets: in-process >= 0.85x bare, uvicorn >= 0.95x bare, >= 10x the
-``BaseHTTPMiddleware`` variant.
+it is installed (Debian: ``apt-get install wrk``). Targets: in-process >= 0.85x
+bare, uvicorn >= 0.95x bare, >= 10x the ``BaseHTTPMiddleware`` variant.
 """
 
 from __future__ import annotations
