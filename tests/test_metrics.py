@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -369,3 +370,39 @@ async def test_example_app_serves_metrics_exempt() -> None:
     assert 'sessionmw_requests_allowed_total{gate="app"} 1.0' in metrics.text
     assert 'sessionmw_requests_rejected_total{gate="app",reason="missing"} 1.0' in metrics.text
     assert "alice" not in metrics.text
+
+
+@pytest.mark.redis
+def test_redis_bus_lag_and_events_from_a_real_stream(redis_client: Any, redis_url: str) -> None:
+    """An entry XADDed to the stream is applied by the worker's subscriber; the scrape
+    shows it by type, its lag in the histogram, and a connected bus."""
+    import uuid
+
+    stream = f"sessionmw:test-metrics:{uuid.uuid4().hex}"
+    gate = Gate(Settings(backend=MemoryBackend([ALICE]), bus=redis_url, stream=stream))
+    registry = CollectorRegistry()
+    register_metrics(registry, gates={"bus": gate})
+    gate.start()
+    try:
+        deadline = time.monotonic() + 10
+        pause = threading.Event()
+        while not gate.bus.connected and time.monotonic() < deadline:
+            pause.wait(0.005)  # polling a background thread, not ordering a race
+        assert gate.check("sess-alice") == ALICE
+        redis_client.xadd(stream, {"type": "session_revoked", "session_id": "sess-alice"})
+        while gate.events_applied.get("session_revoked", 0) == 0 and time.monotonic() < deadline:
+            pause.wait(0.005)
+        s = scrape(registry)
+    finally:
+        gate.stop()
+        redis_client.delete(stream)
+    assert value(s, "sessionmw_invalidation_events_total", gate="bus", type="session_revoked") == 1
+    assert value(s, "sessionmw_revocation_lag_seconds_count", gate="bus") == 1
+    assert value(s, "sessionmw_revocation_lag_seconds_bucket", gate="bus", le="+Inf") == 1
+    assert value(s, "sessionmw_revocation_lag_seconds_bucket", gate="bus", le="10.0") == 1
+    assert value(s, "sessionmw_bus_connected", gate="bus") == 1
+    assert value(s, "sessionmw_bus_gaps_total", gate="bus") == 0
+    assert value(s, "sessionmw_bus_reconnects_total", gate="bus") == 0
+    assert value(s, "sessionmw_cache_revocations_total", gate="bus") == 1
+    assert gate.check("sess-alice").code == "invalid_session"  # type: ignore[union-attr]
+    assert_no_ids(s)

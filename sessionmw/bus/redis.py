@@ -44,6 +44,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
+from sessionmw._histogram import REVOCATION_LAG_BUCKETS, Histogram
 from sessionmw._log import (
     BUS_BAD_ENTRY,
     BUS_CONNECTED,
@@ -203,8 +204,11 @@ class _Lag:
         self.recent: collections.deque[float] = collections.deque(maxlen=window)
         self.last: float | None = None
         self.max: float | None = None
+        #: Every lag, in seconds, in fixed buckets (exported by sessionmw.metrics).
+        self.histogram = Histogram(REVOCATION_LAG_BUCKETS)
 
     def add(self, lag_ms: float) -> None:
+        self.histogram.observe(lag_ms / 1000)
         with self.lock:
             self.recent.append(lag_ms)
             self.last = lag_ms
@@ -329,6 +333,11 @@ class RedisBus:
     @property
     def replay_guard(self) -> RedisReplayGuard:
         return self._guard
+
+    @property
+    def lag_histogram(self) -> Histogram:
+        """Revocation lag of every applied entry, in seconds (for sessionmw.metrics)."""
+        return self._lag.histogram
 
     def start(self, cache: MemoryCache, apply: Callable[[Event], None]) -> None:
         """Start this process's subscriber thread (idempotent)."""
