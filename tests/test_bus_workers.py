@@ -74,8 +74,13 @@ class App:
 
     def burst(self, session_id: str, count: int = 24) -> list[tuple[int, int]]:
         """Concurrent requests, so every worker gets some."""
+        return [r for _, r in self.mixed({session_id: 0}, count)]
+
+    def mixed(self, sessions: Mapping[str, int], count: int) -> list[tuple[str, tuple[int, int]]]:
+        """``count`` concurrent requests per session: (session, (number, status))."""
+        todo = [sid for sid in sessions for _ in range(count)]
         with ThreadPoolExecutor(8) as pool:
-            return list(pool.map(lambda _: self.get(session_id), range(count)))
+            return list(zip(todo, pool.map(self.get, todo), strict=True))
 
     def served(self) -> dict[int, int]:
         """Request number -> worker PID, from the access log."""
@@ -108,30 +113,38 @@ class App:
         return by_pid
 
     def until_every_worker(self, session_id: str, status: int) -> None:
-        """Send requests until every worker has answered ``status``; then a burst in
-        which every worker answers and nothing else is seen."""
+        self.expect({session_id: status})
+
+    def expect(self, wanted: Mapping[str, int]) -> None:
+        """Send requests until every worker has answered each session as ``wanted``;
+        then bursts in which every worker answers and nothing else is seen."""
         deadline = time.monotonic() + DEADLINE
-        seen: set[int] = set()
-        while True:
-            for pid, statuses in self.pids_of(self.burst(session_id)).items():
-                if status in statuses:
-                    seen.add(pid)
-            if len(seen) >= self.workers:
-                break
+        seen: dict[str, set[int]] = {sid: set() for sid in wanted}
+        while any(len(pids) < self.workers for pids in seen.values()):
             if time.monotonic() > deadline:
-                pytest.fail(
-                    f"only {len(seen)} of {self.workers} workers answered {status} "
-                    f"for the session within {DEADLINE}s"
-                )
+                pytest.fail(f"within {DEADLINE}s, workers answering as {wanted}: {seen}")
+            results = self.mixed({sid: 0 for sid, pids in seen.items()
+                                  if len(pids) < self.workers}, 12)  # fmt: skip
+            served = self._pids([r for _, r in results])
+            for sid, (n, status) in results:
+                if status == wanted[sid]:
+                    seen[sid].add(served[n])
         # From now on, whichever worker serves it, the answer is the same.
-        covered: dict[int, set[int]] = {}
+        covered: dict[str, dict[int, set[int]]] = {sid: {} for sid in wanted}
         deadline = time.monotonic() + DEADLINE
-        while len(covered) < self.workers:
-            for pid, statuses in self.pids_of(self.burst(session_id)).items():
-                covered.setdefault(pid, set()).update(statuses)
+        while any(len(pids) < self.workers for pids in covered.values()):
             if time.monotonic() > deadline:
-                pytest.fail(f"a burst did not reach all {self.workers} workers: {covered}")
-        assert all(statuses == {status} for statuses in covered.values()), covered
+                pytest.fail(f"bursts did not reach all {self.workers} workers: {covered}")
+            results = self.mixed({sid: 0 for sid in wanted}, 12)
+            served = self._pids([r for _, r in results])
+            for sid, (n, status) in results:
+                covered[sid].setdefault(served[n], set()).add(status)
+        for sid, by_pid in covered.items():
+            assert all(statuses == {wanted[sid]} for statuses in by_pid.values()), (sid, by_pid)
+
+    def _pids(self, requests: list[tuple[int, int]]) -> dict[int, int]:
+        self.pids_of(requests)  # waits for the log lines
+        return self.served()
 
     def hook(self, events: list[dict[str, Any]], msg_id: str | None = None) -> tuple[int, Any, int]:
         """A signed hook call; (status, JSON body, worker PID that served it)."""
@@ -296,8 +309,7 @@ def test_revocations_reach_every_worker(
 ) -> None:
     kind, workers = server
     app, backend, stream = launch(kind, workers)
-    for sid in ("s1", "s2", "s3", "s4", "s5"):
-        app.until_every_worker(sid, 200)  # warm: every worker has them cached
+    app.expect(dict.fromkeys(("s1", "s2", "s3", "s4", "s5"), 200))  # warm every worker
     _wait_subscribers(redis_client, set(app.served().values()))
 
     # 1. redis-cli XADD, exactly as the SPEC shows it.
@@ -309,8 +321,7 @@ def test_revocations_reach_every_worker(
     record = backend.lookup("s1")
     assert record is not None
     assert record.status is SessionStatus.ACTIVE
-    app.until_every_worker("s1", 401)
-    app.until_every_worker("s5", 200)
+    app.expect({"s1": 401, "s5": 200})
 
     # 2. A signed hook call served by one worker.
     status, body, first_pid = app.hook(
@@ -321,9 +332,7 @@ def test_revocations_reach_every_worker(
 
     # 3. A user's sessions, through the stream.
     redis_client.xadd(stream, {"type": "user_sessions_revoked", "user_id": "u3"})
-    app.until_every_worker("s3", 401)
-    app.until_every_worker("s4", 401)
-    app.until_every_worker("s5", 200)
+    app.expect({"s3": 401, "s4": 401, "s5": 200})
 
     # 4. The producer retries the hook call; it lands on another worker: a duplicate.
     deadline = time.monotonic() + DEADLINE
