@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from sessionmw._compat import require_extra
 
@@ -74,8 +75,8 @@ def gate_name(gate: Gate) -> str:
     """The default ``gate`` label: 8 hex chars of SHA-256 over the gate's settings.
 
     Stable across restarts and equal in every process configured alike. Secrets are
-    left out (only their count enters the hash); a backend given as an object counts
-    by its class name.
+    left out (only their count enters the hash, and passwords in URLs are dropped);
+    a backend given as an object counts by its class name.
     """
     parts: list[str] = []
     settings = gate.settings
@@ -84,10 +85,21 @@ def gate_name(gate: Gate) -> str:
         value: Any = getattr(settings, key)
         if key == "invalidation_secret":
             value = len(value)
-        elif key == "backend" and not isinstance(value, str):
+        elif key in ("backend", "bus") and isinstance(value, str):
+            value = _without_password(value)
+        elif key == "backend":
             value = f"{type(value).__module__}.{type(value).__qualname__}"
         parts.append(f"{key}={value!r}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:8]
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
 
 
 class _Totals:

@@ -406,3 +406,16 @@ def test_redis_bus_lag_and_events_from_a_real_stream(redis_client: Any, redis_ur
     assert value(s, "sessionmw_cache_revocations_total", gate="bus") == 1
     assert gate.check("sess-alice").code == "invalid_session"  # type: ignore[union-attr]
     assert_no_ids(s)
+
+
+def test_gate_label_ignores_passwords_in_urls() -> None:
+    """A password in the backend or bus URL does not enter the label's hash."""
+
+    def name(password: str) -> str:
+        settings = Settings(
+            backend=f"postgresql://app:{password}@db.internal/app",
+            bus=f"redis://:{password}@redis.internal:6379/0",
+        )
+        return gate_name(Gate(settings))
+
+    assert name("hunter2") == name("correct-horse")
