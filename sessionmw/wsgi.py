@@ -68,8 +68,13 @@ class DeviceSessionMiddleware:
         self.app = app
         self.settings = Settings.coerce(settings, **kwargs)
         self.gate: Gate = gate_for(self.settings)
+        # Everything the request path needs, bound once.
         self._key = environ_key(self.gate.header)
         self._hook_path = self.gate.hook_path
+        self._exempt_methods = self.gate.exempt_methods
+        self._exempt_prefixes = self.gate.exempt_prefixes or None
+        self._hit = self.gate.hit
+        self._check = self.gate.check
         # Rejections are few and fixed: build their WSGI responses once.
         self._answers: dict[Rejection, Response] = {
             rejection: _response(rejection) for rejection in (MISSING, INVALID, UNAVAILABLE)
@@ -82,13 +87,19 @@ class DeviceSessionMiddleware:
         path = environ.get("PATH_INFO", "")
         if path == self._hook_path:
             return self._hook(environ, start_response)
-        if gate.exempt(environ.get("REQUEST_METHOD", ""), path):
+        if environ.get("REQUEST_METHOD") in self._exempt_methods or (
+            self._exempt_prefixes is not None and path.startswith(self._exempt_prefixes)
+        ):
             return self.app(environ, start_response)
-        outcome = gate.check(environ.get(self._key))
-        if isinstance(outcome, Rejection):
-            answer = self._answers.get(outcome) or _response(outcome)
-            return answer(environ, start_response)
-        environ[ENVIRON_KEY] = outcome
+        value = environ.get(self._key)
+        record = self._hit(value)
+        if record is None:
+            outcome = self._check(value)
+            if isinstance(outcome, Rejection):
+                answer = self._answers.get(outcome) or _response(outcome)
+                return answer(environ, start_response)
+            record = outcome
+        environ[ENVIRON_KEY] = record
         return self.app(environ, start_response)
 
     def _hook(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:

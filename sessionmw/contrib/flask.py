@@ -146,24 +146,36 @@ class SessionMW:
 
         key = environ_key(gate.header)
         view_functions = app.view_functions
+        exempt_methods, exempt_prefixes = gate.exempt_methods, gate.exempt_prefixes or None
+        hit, check = gate.hit, gate.check
 
         def check_session() -> Response | None:
             if not gate.started:
                 gate.start()
-            g.device_session = None
-            endpoint = request.endpoint
-            if endpoint is not None and (
-                endpoint == hook_endpoint
-                or getattr(view_functions.get(endpoint), _EXEMPT_ATTR, False)
+            # One proxy resolution each: this runs on every request.
+            req = request._get_current_object()  # type: ignore[attr-defined]
+            app_globals = g._get_current_object()
+            app_globals.device_session = None
+            rule = req.url_rule
+            if rule is not None and (
+                rule.endpoint == hook_endpoint
+                or getattr(view_functions.get(rule.endpoint), _EXEMPT_ATTR, False)
             ):
                 return None
-            environ = request.environ
-            if gate.exempt(environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")):
+            environ = req.environ
+            if environ.get("REQUEST_METHOD") in exempt_methods or (
+                exempt_prefixes is not None
+                and environ.get("PATH_INFO", "").startswith(exempt_prefixes)
+            ):
                 return None
-            outcome = gate.check(environ.get(key))
-            if isinstance(outcome, Rejection):
-                return _response(outcome)
-            g.device_session = outcome
+            value = environ.get(key)
+            record = hit(value)
+            if record is None:
+                outcome = check(value)
+                if isinstance(outcome, Rejection):
+                    return _response(outcome)
+                record = outcome
+            app_globals.device_session = record
             return None
 
         app.before_request(check_session)

@@ -107,10 +107,14 @@ class DeviceSessionMiddleware:
     ) -> HttpResponse | None:
         if self._skips(request, view_func):
             return None
-        outcome = self.gate.check(request.META.get(self._key))
-        if isinstance(outcome, Rejection):
-            return response_for(outcome)
-        request.device_session = outcome  # type: ignore[attr-defined]
+        value = request.META.get(self._key)
+        record = self.gate.hit(value)
+        if record is None:
+            outcome = self.gate.check(value)
+            if isinstance(outcome, Rejection):
+                return response_for(outcome)
+            record = outcome
+        request.device_session = record  # type: ignore[attr-defined]
         return None
 
     async def _aprocess_view(
@@ -122,8 +126,12 @@ class DeviceSessionMiddleware:
     ) -> HttpResponse | None:
         if self._skips(request, view_func):
             return None
-        outcome = await self.gate.acheck(request.META.get(self._key))
-        if isinstance(outcome, Rejection):
-            return response_for(outcome)
-        request.device_session = outcome  # type: ignore[attr-defined]
+        value = request.META.get(self._key)
+        record = self.gate.hit(value)
+        if record is None:
+            outcome = await self.gate.acheck(value)
+            if isinstance(outcome, Rejection):
+                return response_for(outcome)
+            record = outcome
+        request.device_session = record  # type: ignore[attr-defined]
         return None
