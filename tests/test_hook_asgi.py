@@ -8,7 +8,7 @@ messages. (Starlette's TestClient is not used: with httpx it warns of deprecatio
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -152,7 +152,7 @@ def test_route_accepts_keywords_and_a_gate() -> None:
     """``invalidation_route`` takes keyword settings or a gate; the path defaults to the setting."""
     route = invalidation_route(invalidation_secret=hook_cases.SECRET)
     assert route.path == HOOK_PATH
-    gate = gate_for(Settings(invalidation_secret=hook_cases.SECRET))
+    gate = gate_for(Settings(invalidation_secret=(hook_cases.SECRET,)))
     assert invalidation_route(gate, "/x").path == "/x"
 
 
@@ -176,8 +176,8 @@ class Driver:
         more = bool(self.chunks) or self.disconnect
         return {"type": "http.request", "body": chunk, "more_body": more}
 
-    async def send(self, message: dict[str, Any]) -> None:
-        self.sent.append(message)
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        self.sent.append(dict(message))
 
     @property
     def status(self) -> int | None:
@@ -269,14 +269,14 @@ def test_too_large_body_over_http(client: Client) -> None:
 
 async def test_websocket_on_the_route_is_refused() -> None:
     """The hook app closes a websocket handshake (1008) instead of erroring."""
-    app = InvalidationApp(gate_for(Settings(invalidation_secret=hook_cases.SECRET)))
+    app = InvalidationApp(gate_for(Settings(invalidation_secret=(hook_cases.SECRET,))))
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
         return {"type": "websocket.connect"}
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
 
     await app({"type": "websocket", "path": HOOK_PATH, "headers": []}, receive, send)
     assert sent == [{"type": "websocket.close", "code": 1008}]
