@@ -1,0 +1,254 @@
+"""The Redis Streams bus: revocation propagation latency and hot-path cost.
+
+Run with ``python -m benchmarks.bench_bus`` (needs Redis; ``--redis URL``, default
+``redis://127.0.0.1:6379/15``; ``--quick`` for a shorter run). Two measurements:
+
+* **Propagation**: 4 worker processes (``multiprocessing``, spawn), each running a
+  :class:`~sessionmw.gate.Gate` with a Redis bus whose cache notes ``time.time_ns()``
+  when it applies a ``session_revoked``. The parent XADDs 1,000 events, one every
+  2 ms, noting ``time.time_ns()`` just before each XADD (one host, one clock). An
+  event's latency is the time until the *last* of the 4 workers applied it; p50,
+  p99 and max over the events. Target: p99 < 20 ms.
+* **Hot-path cost**: in-process requests/s of the ASGI middleware
+  (:class:`sessionmw.asgi.DeviceSessionMiddleware` over a minimal ASGI app, session
+  cached) with the Redis bus connected and idle vs ``local://``. Wall-clock time, so
+  anything the subscriber thread takes from the request path would show. Rounds are
+  interleaved; the ratio is the median of per-round ratios. Target: >= 0.97x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import multiprocessing
+import statistics
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from multiprocessing.connection import Connection
+from typing import Any
+
+import structlog
+
+from benchmarks._common import format_table, median
+from sessionmw.backends import MemoryBackend
+from sessionmw.cache import MemoryCache
+from sessionmw.gate import Gate
+from sessionmw.records import SessionRecord, SessionStatus
+from sessionmw.settings import Settings
+
+WORKERS = 4
+TARGET_P99_MS = 20.0
+TARGET_RATIO = 0.97
+SESSION_ID = "bench-session-0123456789abcdef"
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+
+
+# -- propagation -------------------------------------------------------------------
+
+
+class _RecordingCache(MemoryCache):
+    """Notes when each benchmark event (``ev-N``) is applied."""
+
+    applied: dict[int, int]
+
+    def mark_revoked(self, session_id: str) -> None:
+        super().mark_revoked(session_id)
+        if session_id.startswith("ev-"):
+            self.applied[int(session_id[3:])] = time.time_ns()
+
+
+def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        pause.wait(0.005)
+    return True
+
+
+def _quiet() -> None:
+    """Warnings and up only: a console line per applied event would be measured too."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+
+def _worker(url: str, stream: str, events: int, conn: Connection) -> None:
+    _quiet()
+    cache = _RecordingCache(MemoryBackend())
+    cache.applied = {}
+    gate = Gate(Settings(backend="memory://", bus=url, stream=stream), cache=cache)
+    gate.start()
+    if not _wait(lambda: gate.bus.connected, 10):
+        conn.send("not connected")
+        return
+    conn.send("ready")
+    _wait(lambda: len(cache.applied) >= events, 120)
+    conn.send(dict(cache.applied))
+    gate.stop()
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+def propagation(url: str, events: int, interval: float) -> dict[str, float]:
+    import redis
+
+    stream = f"sessionmw:bench:{uuid.uuid4().hex}"
+    client = redis.Redis.from_url(url)
+    context = multiprocessing.get_context("spawn")
+    pipes, procs = [], []
+    for _ in range(WORKERS):
+        parent, child = context.Pipe()
+        proc = context.Process(target=_worker, args=(url, stream, events, child), daemon=True)
+        proc.start()
+        pipes.append(parent)
+        procs.append(proc)
+    try:
+        for pipe in pipes:
+            if not pipe.poll(60) or pipe.recv() != "ready":
+                raise RuntimeError("a worker did not connect to Redis")
+        sent: dict[int, int] = {}
+        pause = threading.Event()
+        for i in range(events):
+            fields = {"type": "session_revoked", "session_id": f"ev-{i}"}
+            sent[i] = time.time_ns()
+            client.xadd(stream, fields, maxlen=100_000, approximate=True)  # type: ignore[arg-type]
+            pause.wait(interval)  # pacing between events, not a race wait
+        applied: list[dict[int, int]] = []
+        for pipe in pipes:
+            if not pipe.poll(120):
+                raise RuntimeError("a worker did not report")
+            applied.append(pipe.recv())
+    finally:
+        for proc in procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+        client.delete(stream)
+        client.close()
+    latencies = []
+    for i, start in sent.items():
+        last = max(times[i] for times in applied)
+        latencies.append((last - start) / 1e6)
+    return {
+        "p50": _percentile(latencies, 0.50),
+        "p99": _percentile(latencies, 0.99),
+        "max": max(latencies),
+        "mean": statistics.fmean(latencies),
+    }
+
+
+# -- hot path ----------------------------------------------------------------------
+
+
+async def _app(scope: Scope, receive: Callable[[], Awaitable[Message]],
+               send: Callable[[Message], Awaitable[None]]) -> None:  # fmt: skip
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"hello"})
+
+
+async def _receive() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _send(message: Message) -> None:
+    return None
+
+
+def _scope() -> Scope:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"bench"), (b"x-device-session-id", SESSION_ID.encode())],
+        "client": ("127.0.0.1", 1234),
+        "server": ("127.0.0.1", 80),
+    }
+
+
+def hot_path(url: str, requests: int, rounds: int) -> dict[str, float]:
+    from sessionmw.asgi import DeviceSessionMiddleware
+
+    backend = MemoryBackend([SessionRecord(SESSION_ID, "bench-user", SessionStatus.ACTIVE)])
+    stream = f"sessionmw:bench:{uuid.uuid4().hex}"
+    local = DeviceSessionMiddleware(_app, backend=backend, bus="local://")
+    remote = DeviceSessionMiddleware(_app, backend=backend, bus=url, stream=stream)
+    for middleware in (local, remote):
+        middleware.gate.start()
+    if not _wait(lambda: remote.gate.bus.connected, 10):
+        raise RuntimeError("the Redis bus did not connect")
+    loop = asyncio.new_event_loop()
+
+    def measure(middleware: Any) -> float:
+        async def run() -> float:
+            scope = _scope()
+            start = time.perf_counter()
+            for _ in range(requests):
+                await middleware(dict(scope), _receive, _send)
+            return requests / (time.perf_counter() - start)
+
+        return loop.run_until_complete(run())
+
+    try:
+        for middleware in (local, remote):  # warm-up (and the first, cached lookup)
+            measure(middleware)
+        per_round: dict[str, list[float]] = {"local": [], "redis": [], "ratio": []}
+        for index in range(rounds):
+            order = [("local", local), ("redis", remote)]
+            if index % 2:
+                order.reverse()
+            results = {name: measure(middleware) for name, middleware in order}
+            per_round["local"].append(results["local"])
+            per_round["redis"].append(results["redis"])
+            per_round["ratio"].append(results["redis"] / results["local"])
+        assert remote.gate.bus.connected, "the bus disconnected during the run"
+    finally:
+        loop.close()
+        for middleware in (local, remote):
+            middleware.gate.stop()
+    return {name: median(values) for name, values in per_round.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/15")
+    parser.add_argument("--quick", action="store_true", help="fewer events and rounds")
+    args = parser.parse_args(argv)
+    _quiet()
+    events, rounds, requests = (200, 5, 20_000) if args.quick else (1000, 15, 50_000)
+
+    prop = propagation(args.redis, events, 0.002)
+    hot = hot_path(args.redis, requests, rounds)
+    ok_p99 = prop["p99"] < TARGET_P99_MS
+    ok_ratio = hot["ratio"] >= TARGET_RATIO
+    rows = [
+        (f"propagation to the last of {WORKERS} workers, p50", f"{prop['p50']:.2f} ms", ""),
+        (f"propagation to the last of {WORKERS} workers, p99", f"{prop['p99']:.2f} ms",
+         f"< {TARGET_P99_MS:g} ms {'ok' if ok_p99 else 'MISSED'}"),
+        (f"propagation to the last of {WORKERS} workers, max", f"{prop['max']:.2f} ms", ""),
+        ("ASGI in-process, bus local://", f"{hot['local']:,.0f} req/s", ""),
+        ("ASGI in-process, bus redis:// (idle)", f"{hot['redis']:,.0f} req/s", ""),
+        ("redis:// / local:// (median of rounds)", f"{hot['ratio']:.3f}x",
+         f">= {TARGET_RATIO:g}x {'ok' if ok_ratio else 'MISSED'}"),
+    ]  # fmt: skip
+    print(f"events: {events} (one every 2 ms); hot path: {rounds} rounds x {requests:,} requests")
+    print(format_table(["measure", "value", "target"], rows))
+    return 0 if ok_p99 and ok_ratio else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
