@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from django.http import Http404, HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from sessionmw._environ import serve_hook
 from sessionmw.contrib.django.conf import load_settings
 from sessionmw.contrib.django.middleware import exempt, response_for
-from sessionmw.gate import Gate, gate_for
-from sessionmw.settings import Settings
+from sessionmw.gate import gate_for
 
 __all__ = ["invalidation_hook"]
-
-
-@lru_cache(maxsize=8)
-def _gate(settings: Settings) -> Gate:
-    return gate_for(settings)
 
 
 @csrf_exempt
 @exempt
 def invalidation_hook(request: HttpRequest) -> HttpResponse:
     """``POST`` signed invalidation events (SPEC section 8); 404 without a secret."""
-    gate = _gate(load_settings())
+    gate = gate_for(load_settings())
     if gate.hook is None:
         raise Http404("the invalidation hook is off (no invalidation_secret)")
     meta = request.META
