@@ -28,4 +28,6 @@ def get_logger() -> Any:
 def hash_id(value: str) -> str:
     """A short, stable, non-reversible tag for an ID: first 12 hex chars of SHA-256."""
     return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
 CACHE_STALE_SERVED = "cache.stale_served"

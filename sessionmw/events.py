@@ -104,7 +104,7 @@ def to_fields(event: Event) -> dict[str, str]:
     return {"type": event.type}
 
 
-def from_fields(fields: Mapping[bytes | str, bytes | str]) -> Event:
+def from_fields(fields: Mapping[Any, Any]) -> Event:
     """Parse a stream entry's fields (bytes or str); raises InvalidPayload."""
     decoded: dict[str, str] = {}
     try:

@@ -133,7 +133,7 @@ class Gate:
         self.hook_path = settings.invalidation_path if self.hook else None
         self.header = settings.header.lower()
         self.exempt_methods = frozenset(settings.exempt_methods)
-        self.exempt_prefixes = settings.exempt_paths
+        self.exempt_prefixes = tuple(settings.exempt_paths)
         self.allowed = 0
         self.rejected: dict[str, int] = {}
         self.started = False

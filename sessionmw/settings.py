@@ -6,7 +6,7 @@ import base64
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -169,9 +169,9 @@ class Settings:
 
     Build it with keywords (``Settings(backend="sqlite:///s.db", ttl=300)``), from a
     mapping (:meth:`from_mapping`) or from ``SESSIONMW_*`` environment variables
-    (:meth:`from_env`). Lists are stored as tuples; ``invalidation_secret`` is a tuple
-    of secrets (empty: no hook). Any bad key or value raises :class:`ConfigError`
-    naming the key.
+    (:meth:`from_env`). Lists (a list, or one comma-separated string) are stored as
+    tuples; ``invalidation_secret`` is a tuple of secrets (empty: no hook). Any bad key
+    or value raises :class:`ConfigError` naming the key.
     """
 
     header: str = "X-Device-Session-ID"
@@ -181,10 +181,10 @@ class Settings:
     negative_ttl: float = 5.0
     stale_if_error: float = 0.0
     backend_timeout: float = 2.0
-    exempt_paths: tuple[str, ...] = ()
-    exempt_methods: tuple[str, ...] = ("OPTIONS",)
+    exempt_paths: Sequence[str] = ()
+    exempt_methods: Sequence[str] = ("OPTIONS",)
     invalidation_path: str = "/_internal/session-invalidation"
-    invalidation_secret: tuple[str, ...] = ()
+    invalidation_secret: Sequence[str] = ()
     bus: str = "local://"
     stream: str = "sessionmw:invalidations"
     bus_outage_ttl: float = 5.0

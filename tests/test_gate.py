@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -97,8 +98,8 @@ def test_gate_for_shares_one_gate_per_settings(backend: MemoryBackend) -> None:
         forget_gates()
 
 
-def post(gate: Gate, events: list[dict[str, object]], **kw: object) -> tuple[int, object]:
-    headers, body = signed_request(SECRET, events, **kw)  # type: ignore[arg-type]
+def post(gate: Gate, events: list[dict[str, Any]], **kw: Any) -> tuple[int, object]:
+    headers, body = signed_request(SECRET, events, **kw)
     assert gate.hook is not None
     response = gate.hook.handle(headers, body)
     return response.status, json.loads(response.body)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -140,10 +141,11 @@ BAD_VALUES = [
 @pytest.mark.parametrize(("key", "value"), BAD_VALUES)
 def test_bad_value_names_the_key(key: str, value: Any) -> None:
     """Bad values fail at construction, from every source, with the key in the message."""
-    for build in (
+    builders: list[Callable[[], Settings]] = [
         lambda: Settings(**{key: value}),
         lambda: Settings.from_mapping({key: value}),
-    ):
+    ]
+    for build in builders:
         with pytest.raises(ConfigError) as info:
             build()
         assert info.value.key == key
