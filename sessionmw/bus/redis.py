@@ -12,11 +12,14 @@ worker after a pre-forking server forked; :meth:`RedisBus.after_fork` drops what
 a child inherited (thread, locks, connections) and keeps only plain data.
 
 Missed entries never pass unnoticed. On every (re)connect and every few seconds
-the subscriber compares its cursor with ``XINFO STREAM``: entries after the cursor
-that were trimmed or deleted (``max-deleted-entry-id``), a stream that disappeared
-or was recreated (last ID behind the cursor, ``entries-added`` going backwards, the
-cursor's own entry gone without a deletion record, a restarted Redis without the
-stream) all flush the cache and log ``bus.gap_detected``. While disconnected the
+the subscriber takes one atomic look at the stream (``XINFO STREAM``, its own last
+entry, the next batch) and compares it with its position: entries after the cursor
+that were trimmed (``entries-added`` minus the entries still present after the
+cursor) or deleted (``max-deleted-entry-id``), a stream that disappeared or was
+recreated (last ID behind the cursor, ``entries-added`` going backwards or behind
+the cursor's position, more entries after the cursor than were ever added after
+it), or a restarted Redis without the stream all flush the cache and log
+``bus.gap_detected``. While disconnected the
 cache re-checks anything older than ``bus_outage_ttl`` with the backend.
 
 Replay dedupe of ``webhook-id`` values lives in Redis too (:class:`RedisReplayGuard`,
@@ -91,10 +94,6 @@ def parse_id(value: bytes | str) -> StreamID:
 
 def format_id(value: StreamID) -> str:
     return f"{value[0]}-{value[1]}"
-
-
-def _successor(value: StreamID) -> StreamID:
-    return (value[0], value[1] + 1)
 
 
 def _stream_fields(event: Event) -> dict[str, str]:
