@@ -20,7 +20,10 @@ from typing import Any
 import httpx
 import pytest
 
+from sessionmw import SessionRecord, SessionStatus
 from sessionmw.backends.sql import SQLBackend
+from sessionmw.hook import MAX_BODY
+from sessionmw.signing import new_secret, signed_request
 from tests.servers import clean_env, free_port, gunicorn, running, uvicorn
 from tests.spec_cases import (
     CASES,
@@ -44,6 +47,10 @@ EXAMPLES = {
 }
 
 
+SECRET = new_secret()
+VICTIMS = {example: f"s-victim-{example}" for example in EXAMPLES}
+
+
 def _argv(example: str, port: int, threads: int = 4) -> list[str]:
     app, server = EXAMPLES[example]
     if server == "gunicorn":
@@ -62,6 +69,8 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
         record = seeded.lookup(session_id)
         assert record is not None
         store.put(record)
+    for victim in VICTIMS.values():
+        store.put(SessionRecord(victim, "u-victim", SessionStatus.ACTIVE))
     store.close()
     return url
 
@@ -71,19 +80,20 @@ def _closed_port_url() -> str:
 
 
 @pytest.fixture(scope="module", params=list(EXAMPLES))
-def servers(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[dict[bool, str]]:
+def servers(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[dict[Any, str]]:
     """Base URLs of one example: seeded store (False) and unreachable store (True)."""
     example = request.param
     up, down = free_port(), free_port()
+    env = clean_env({"SESSIONMW_BACKEND": sqlite_url, "SESSIONMW_INVALIDATION_SECRET": SECRET})
     with (
-        running(_argv(example, up), clean_env({"SESSIONMW_BACKEND": sqlite_url}), port=up) as ok,
+        running(_argv(example, up), env, port=up) as ok,
         running(
             _argv(example, down),
             clean_env({"SESSIONMW_BACKEND": _closed_port_url(), "SESSIONMW_BACKEND_TIMEOUT": "1"}),
             port=down,
         ) as broken,
     ):
-        yield {False: ok, True: broken}
+        yield {False: ok, True: broken, "example": example}
 
 
 def _send(base: str, case: Case) -> Result:
@@ -97,9 +107,49 @@ def _send(base: str, case: Case) -> Result:
 
 
 @pytest.mark.parametrize("case", CASES + RAW_CASES, ids=lambda c: c.name)
-def test_spec_table_under_real_server(servers: dict[bool, str], case: Case) -> None:
+def test_spec_table_under_real_server(servers: dict[Any, str], case: Case) -> None:
     """Each example under its server gives the table's status, body and headers."""
     assert_matches(case, _send(servers[case.down], case))
+
+
+def test_hook_under_real_server(servers: dict[Any, str]) -> None:
+    """A signed revocation through the example's hook (Django: CSRF on) applies at once."""
+    base, victim = servers[False], VICTIMS[servers["example"]]
+    whoami = base + "/whoami"
+    assert httpx.get(whoami, headers={"X-Device-Session-ID": victim}).status_code == 200
+    headers, body = signed_request(SECRET, [{"type": "session_revoked", "session_id": victim}])
+    response = httpx.post(base + "/_internal/session-invalidation", content=body, headers=headers)
+    assert (response.status_code, response.json()) == (200, {"applied": 1})
+    assert httpx.get(whoami, headers={"X-Device-Session-ID": victim}).status_code == 401
+
+
+def test_chunked_oversize_hook_body_under_real_server(servers: dict[Any, str]) -> None:
+    """A chunked (no Content-Length) body over 64 KiB is refused with 413."""
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(10):
+            yield b"x" * (MAX_BODY // 8)
+
+    response = httpx.post(servers[False] + "/_internal/session-invalidation", content=chunks())
+    assert response.status_code == 413
+
+
+@pytest.mark.parametrize("example", list(EXAMPLES))
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [("SESSIONMW_TLL", "5", "SESSIONMW_TLL"), ("SESSIONMW_TTL", "-1", "ttl")],
+)
+def test_misconfigured_server_fails_at_startup(
+    example: str, variable: str, value: str, named: str
+) -> None:
+    """A typo or bad value in SESSIONMW_* stops the server at start-up, naming the key."""
+    port = free_port()
+    with (
+        pytest.raises(RuntimeError, match="server exited") as info,
+        running(_argv(example, port), clean_env({variable: value}), port=port, timeout=60),
+    ):
+        pass
+    assert f"{named}:" in str(info.value)
 
 
 # -- coalescing under threads ----------------------------------------------------------
