@@ -434,6 +434,27 @@ def test_trimming_only_what_was_read_is_no_gap(
     assert len(cache) == 1
 
 
+def test_unread_entry_deleted_while_paused_flushes(
+    make_bus: Buses, cache: MemoryCache, stream: str, redis_client: redis.Redis
+) -> None:
+    bus = started(make_bus(), cache)
+    make_bus().publish([SessionRevoked("s1")])
+    wait_until(revoked(cache, "s1"))
+    bus.stop()
+    doomed = redis_client.xadd(stream, {"type": "session_revoked", "session_id": "s2"})
+    redis_client.xadd(stream, {"type": "session_revoked", "session_id": "s3"})
+    redis_client.xdel(stream, doomed)
+    cache.lookup("s2")
+    with capture_logs() as logs:
+        started(bus, cache)
+    assert [e["reason"] for e in logs if e["event"] == "bus.gap_detected"] == ["deleted"]
+    assert status(cache, "s2") is SessionStatus.ACTIVE  # flushed, re-fetched; its event is lost
+    wait_until(revoked(cache, "s3"))
+    bus.stop()
+    started(bus, cache)
+    assert bus.stats()["gaps"] == 1
+
+
 def test_stream_deleted_while_running_flushes(
     make_bus: Buses, cache: MemoryCache, stream: str, redis_client: redis.Redis
 ) -> None:
