@@ -1,0 +1,377 @@
+"""The ``sessionmw`` command line.
+
+* ``sessionmw demo``: an example app on an embedded SQLite store, with ready-to-paste
+  ``curl`` commands;
+* ``sessionmw revoke``: sign and post an invalidation event to a hook, or add it to
+  the Redis stream;
+* ``sessionmw sessions create|list|revoke``: manage sessions in a SQL or Redis store.
+
+Exit codes: 0 success, 1 failure (refused by the hook, store or service unreachable,
+session not found), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
+
+from sessionmw._version import __version__
+from sessionmw.errors import BackendUnavailable, ConfigError
+from sessionmw.records import SessionRecord, SessionStatus
+from sessionmw.settings import Settings
+
+DEFAULT_STREAM = Settings.stream
+DEFAULT_HOOK_PATH = Settings.invalidation_path
+STREAM_MAXLEN = 100_000
+SECRET_ENV = "SESSIONMW_INVALIDATION_SECRET"  # noqa: S105 - a variable name
+
+
+class CommandError(Exception):
+    """A failure to report on stderr with exit code 1."""
+
+
+def _fail(message: str) -> NoReturn:
+    raise CommandError(message)
+
+
+# -- revoke --------------------------------------------------------------------------
+
+
+def _event(args: argparse.Namespace) -> dict[str, Any]:
+    if args.session is not None:
+        return {"type": "session_revoked", "session_id": args.session}
+    if args.user is not None:
+        event: dict[str, Any] = {"type": "user_sessions_revoked", "user_id": args.user}
+        if args.before is not None:
+            event["before"] = args.before
+        return event
+    return {"type": "flush"}
+
+
+def _hook_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"--hook must be an http(s) URL, got {url!r}")
+    if parts.path in ("", "/"):
+        # A bare origin: the hook is at the default invalidation_path.
+        parts = parts._replace(path=DEFAULT_HOOK_PATH)
+    return urlunsplit(parts)
+
+
+def _post_hook(url: str, secret: str, event: dict[str, Any], timeout: float) -> dict[str, Any]:
+    from sessionmw.signing import signed_request
+
+    headers, body = signed_request(secret, [event])
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            answer: dict[str, Any] = json.loads(response.read() or b"{}")
+            return answer
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace").strip()
+        hint = " (is --secret the app's invalidation_secret?)" if exc.code == 401 else ""
+        _fail(f"the hook answered {exc.code} {detail}{hint}")
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        _fail(f"cannot reach the hook at {url}: {reason}")
+    except ValueError:
+        _fail("the hook answered something that is not JSON")
+
+
+def _xadd(bus_url: str, stream: str, event: dict[str, Any], timeout: float) -> str:
+    try:
+        import redis
+    except ImportError:
+        _fail("--bus needs redis-py: pip install 'sessionmw[redis]'")
+    fields = {key: str(value) for key, value in event.items()}
+    client = redis.Redis.from_url(bus_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        entry = client.xadd(stream, fields, maxlen=STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
+    except redis.RedisError as exc:
+        _fail(f"cannot add to stream {stream!r} at {_safe_url(bus_url)}: {exc}")
+    finally:
+        client.close()
+    return entry.decode() if isinstance(entry, bytes) else str(entry)
+
+
+def _safe_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    event = _event(args)
+    if args.bus is not None:
+        if urlsplit(args.bus).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"--bus must be a redis:// URL, got {args.bus!r}")
+        entry = _xadd(args.bus, args.stream, event, args.timeout)
+        print(json.dumps({"stream": args.stream, "entry": entry, "event": event["type"]}))
+        return 0
+    secret = args.secret or os.environ.get(SECRET_ENV, "").split(",")[0].strip()
+    if not secret:
+        raise ValueError(f"--hook needs --secret (or {SECRET_ENV} in the environment)")
+    Settings(invalidation_secret=(secret,))  # validates the secret's format
+    answer = _post_hook(_hook_url(args.hook), secret, event, args.timeout)
+    print(json.dumps(answer))
+    return 0
+
+
+# -- sessions -----------------------------------------------------------------------------
+
+
+def _store(url: str) -> Any:
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in ("memory", "http", "https"):
+        raise ValueError(f"--backend must be a SQL or Redis URL ({scheme}:// has no sessions)")
+    Settings(backend=url)  # validates the scheme
+    from sessionmw.backends import backend_from_url
+
+    store = backend_from_url(url)
+    if not hasattr(store, "put"):
+        raise ValueError(f"--backend {scheme}:// cannot be managed from here")
+    return store
+
+
+def _record_json(record: SessionRecord) -> dict[str, Any]:
+    return {
+        "session_id": record.session_id,
+        "user_id": record.user_id,
+        "status": record.status.value,
+        "expires_at": record.expires_at,
+        "issued_at": record.issued_at,
+        "data": dict(record.data),
+    }
+
+
+def _when(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+
+
+def cmd_sessions_create(args: argparse.Namespace) -> int:
+    store = _store(args.backend)
+    session_id = args.session_id or secrets.token_urlsafe(24)
+    from sessionmw.gate import _VALID_ID
+
+    if not _VALID_ID(session_id):
+        raise ValueError("--session-id must be 1-256 characters of A-Z a-z 0-9 . _ ~ + / = -")
+    data = json.loads(args.data) if args.data else {}
+    if not isinstance(data, dict):
+        raise ValueError("--data must be a JSON object")
+    now = time.time()
+    expires_at = None if args.ttl == 0 else now + args.ttl
+    record = SessionRecord(session_id, args.user, SessionStatus.ACTIVE, expires_at, now, data)
+    try:
+        store.create_schema()
+        store.put(record)
+    finally:
+        store.close()
+    print(session_id)
+    return 0
+
+
+def cmd_sessions_list(args: argparse.Namespace) -> int:
+    store = _store(args.backend)
+    try:
+        records = store.list_sessions(user_id=args.user, limit=args.limit)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps([_record_json(record) for record in records], indent=2))
+        return 0
+    if not records:
+        print("no sessions", file=sys.stderr)
+        return 0
+    rows = [("SESSION", "USER", "STATUS", "EXPIRES", "ISSUED")]
+    rows += [
+        (r.session_id, r.user_id, r.status.value, _when(r.expires_at), _when(r.issued_at))
+        for r in records
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    return 0
+
+
+def cmd_sessions_revoke(args: argparse.Namespace) -> int:
+    store = _store(args.backend)
+    try:
+        if args.session is not None:
+            targets = [args.session]
+        else:
+            targets = [r.session_id for r in store.list_sessions(user_id=args.user, limit=100_000)]
+        revoked = sum(1 for sid in targets if store.set_status(sid, SessionStatus.REVOKED))
+    finally:
+        store.close()
+    if args.session is not None and not revoked:
+        _fail("no such session in the store")
+    print(json.dumps({"revoked": revoked}))
+    print(
+        "note: apps keep serving their cached copy up to `ttl`; push the revocation "
+        "with `sessionmw revoke` for an immediate effect",
+        file=sys.stderr,
+    )
+    return 0
+
+
+# -- demo -----------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sessionmw.demo import run_demo
+
+    return run_demo(args.host, args.port)
+
+
+# -- parser ---------------------------------------------------------------------------------
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sessionmw",
+        description="Device-session gate: demo, pushed revocations, session management.",
+        epilog="Exit codes: 0 ok, 1 failure, 2 usage error.",
+    )
+    parser.add_argument("--version", action="version", version=f"sessionmw {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run an example app on an embedded SQLite store",
+        description="Run the example Starlette app on a seeded, temporary SQLite store with "
+        "the invalidation hook enabled, and print curl commands to try it.",
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    demo.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
+    demo.set_defaults(func=cmd_demo)
+
+    revoke = commands.add_parser(
+        "revoke",
+        help="sign and send an invalidation event",
+        description="Send one invalidation event: POST it, signed, to an app's hook, or "
+        "XADD it to the Redis stream every worker reads.",
+    )
+    what = revoke.add_mutually_exclusive_group(required=True)
+    what.add_argument("--session", metavar="ID", help="revoke one session")
+    what.add_argument("--user", metavar="ID", help="revoke every session of a user")
+    what.add_argument("--flush", action="store_true", help="drop every cached session")
+    revoke.add_argument(
+        "--before",
+        type=float,
+        metavar="EPOCH",
+        help="with --user: only sessions issued up to this Unix time (default: now)",
+    )
+    where = revoke.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--hook",
+        metavar="URL",
+        help=f"the app's hook URL (a bare origin gets {DEFAULT_HOOK_PATH})",
+    )
+    where.add_argument("--bus", metavar="REDIS_URL", help="add the event to the Redis stream")
+    revoke.add_argument(
+        "--secret",
+        metavar="WHSEC",
+        help=f"with --hook: the signing secret (default: ${SECRET_ENV}, first entry)",
+    )
+    revoke.add_argument(
+        "--stream",
+        default=DEFAULT_STREAM,
+        help=f"with --bus: stream key (default {DEFAULT_STREAM})",
+    )
+    revoke.add_argument("--timeout", type=_non_negative, default=5.0, help="seconds (default 5)")
+    revoke.set_defaults(func=cmd_revoke)
+
+    sessions = commands.add_parser(
+        "sessions",
+        help="create, list or revoke sessions in a SQL or Redis store",
+        description="Manage sessions in the store that owns them (sqlite:///..., "
+        "postgresql://..., redis://...).",
+    )
+    actions = sessions.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    create = actions.add_parser(
+        "create", help="create a session and print its ID", description="Create an active "
+        "session and print its ID (a random URL-safe one unless --session-id is given).",
+    )  # fmt: skip
+    create.add_argument("--backend", required=True, metavar="URL", help="the store's URL")
+    create.add_argument("--user", required=True, metavar="ID", help="the session's user")
+    create.add_argument("--session-id", metavar="ID", help="use this ID instead of a random one")
+    create.add_argument(
+        "--ttl",
+        type=_non_negative,
+        default=86400.0,
+        help="seconds until it expires (default 86400; 0: never)",
+    )
+    create.add_argument("--data", metavar="JSON", help="extra claims, a JSON object")
+    create.set_defaults(func=cmd_sessions_create)
+
+    listing = actions.add_parser("list", help="list sessions", description="List sessions.")
+    listing.add_argument("--backend", required=True, metavar="URL", help="the store's URL")
+    listing.add_argument("--user", metavar="ID", help="only this user's sessions")
+    listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(func=cmd_sessions_list)
+
+    revoke_store = actions.add_parser(
+        "revoke",
+        help="mark sessions revoked in the store",
+        description="Mark a session, or all of a user's, revoked in the store. Apps see it "
+        "when their cached copy expires; use `sessionmw revoke` to push it at once.",
+    )
+    revoke_store.add_argument("--backend", required=True, metavar="URL", help="the store's URL")
+    target = revoke_store.add_mutually_exclusive_group(required=True)
+    target.add_argument("--session", metavar="ID", help="this session")
+    target.add_argument("--user", metavar="ID", help="every session of this user")
+    revoke_store.set_defaults(func=cmd_sessions_revoke)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "before", None) is not None and args.user is None:
+        parser.error("--before goes with --user")
+    try:
+        result: int = args.func(args)
+    except (ValueError, ConfigError) as exc:
+        print(f"sessionmw: error: {exc}", file=sys.stderr)
+        return 2
+    except (CommandError, BackendUnavailable) as exc:
+        print(f"sessionmw: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
