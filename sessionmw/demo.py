@@ -130,7 +130,7 @@ def banner(origin: str, secret: str, hook_path: str, store: str) -> str:
         "#    the app refused it because the revocation was pushed to its cache.",
         "",
         "# The CLI signs for you (a fresh timestamp each time):",
-        f"sessionmw revoke --hook {origin} --secret {secret} --user alice",
+        f"sessionmw revoke --hook {origin} --secret {shlex.quote(secret)} --user alice",
         "",
         "Press Ctrl+C to stop.",
         "",

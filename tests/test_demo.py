@@ -1,0 +1,141 @@
+"""``sessionmw demo`` as a user runs it: a subprocess, its printed commands pasted
+into a real shell with real curl, each giving the answer the demo advertises."""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from typing import IO
+
+import httpx
+import pytest
+
+from tests.servers import BIN, ROOT, clean_env, free_port
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed"),
+]
+
+
+class Demo:
+    def __init__(self, proc: subprocess.Popen[str], base: str) -> None:
+        self.proc = proc
+        self.base = base
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.output: list[str] = []
+
+    def read_banner(self, timeout: float = 30.0) -> list[str]:
+        """Lines up to "Press Ctrl+C", once the server answers."""
+        deadline = time.monotonic() + timeout
+        banner: list[str] = []
+        while not banner or not banner[-1].startswith("Press Ctrl+C"):
+            try:
+                banner.append(self.lines.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                raise AssertionError(f"no banner from the demo:\n{''.join(banner)}") from None
+        while True:
+            try:
+                if httpx.get(self.base + "/healthz", timeout=1).text == "ok":
+                    return banner
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise AssertionError("the demo server did not come up")
+            time.sleep(0.1)  # polling interval while the server boots, not a race wait
+
+
+def _pump(stream: IO[str], into: queue.Queue[str]) -> None:
+    for line in stream:
+        into.put(line.rstrip("\n"))
+
+
+@pytest.fixture(scope="module")
+def demo() -> Iterator[Demo]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "sessionmw"), "demo", "--port", str(port)],
+        cwd=ROOT,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    running = Demo(proc, f"http://127.0.0.1:{port}")
+    pump = threading.Thread(target=_pump, args=(proc.stdout, running.lines), daemon=True)
+    pump.start()
+    try:
+        running.output = running.read_banner()
+        yield running
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        pump.join(10)  # EOF once the process is gone
+        proc.stdout.close()
+
+
+def _steps(banner: list[str]) -> list[tuple[int, str]]:
+    """(expected status, command) of each numbered step with a curl command."""
+    steps = []
+    for comment, command in itertools.pairwise(banner):
+        match = re.search(r"\(expect HTTP (\d{3})\)$", comment)
+        if match and command.startswith("curl "):
+            steps.append((int(match.group(1)), command))
+    return steps
+
+
+def _shell(command: str) -> tuple[int, str]:
+    """Run a printed command exactly as pasted into bash; (status, body)."""
+    result = subprocess.run(
+        ["bash", "-c", command], capture_output=True, text=True, timeout=30, check=True
+    )
+    head, _, body = result.stdout.replace("\r\n", "\n").partition("\n\n")
+    return int(head.split()[1]), body
+
+
+def test_banner_lists_three_curl_commands_without_shell_variables(demo: Demo) -> None:
+    """Three self-contained commands: no $VARIABLES, no files, one line each."""
+    steps = _steps(demo.output)
+    assert [status for status, _ in steps] == [200, 401, 200]
+    for _, command in steps:
+        assert "$" not in command
+        assert "@" not in command, "no --data @file"
+    assert any("valid for 5 minutes" in line for line in demo.output)
+
+
+def test_printed_commands_give_the_advertised_answers(demo: Demo) -> None:
+    """Valid -> 200 with alice; unknown -> 401; signed revocation -> applied; the
+    valid session is then refused (401) although the store still says active;
+    the revocation pasted again is a duplicate."""
+    (ok, valid), (bad, unknown), (applied, revocation) = _steps(demo.output)
+    status, body = _shell(valid)
+    assert (status, httpx.Response(200, content=body).json()["user_id"]) == (ok, "alice")
+    assert _shell(unknown) == (bad, '{"error": "invalid_session"}')
+    assert _shell(revocation) == (applied, '{"applied": 1}')
+    assert _shell(valid) == (401, '{"error": "invalid_session"}')
+    assert _shell(revocation) == (200, '{"applied": 0, "duplicate": true}')
+
+
+def test_printed_cli_revocation_works(demo: Demo) -> None:
+    """The printed ``sessionmw revoke`` line (alice, every session) is accepted."""
+    (line,) = [entry for entry in demo.output if entry.startswith("sessionmw revoke ")]
+    result = subprocess.run(
+        ["bash", "-c", f"{BIN}/{line}"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == '{"applied": 1}'
+    phone = "curl -sS -i -H 'X-Device-Session-ID: demo-alice-phone' " + demo.base + "/whoami"
+    assert _shell(phone)[0] == 401
+    bob = "curl -sS -i -H 'X-Device-Session-ID: demo-bob-tablet' " + demo.base + "/whoami"
+    assert _shell(bob)[0] == 200
