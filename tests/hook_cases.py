@@ -128,7 +128,7 @@ SIGNED_CASES: list[HookCase] = [
              INVALID_SIGNATURE),
     HookCase("signature_unknown_version", _with({"webhook-signature": "v9,AAAA"}), 401,
              INVALID_SIGNATURE),
-    HookCase("signature_garbage", _with({"webhook-signature": "\x01 ,, v1, ,"}), 401,
+    HookCase("signature_garbage", _with({"webhook-signature": ",, v1, , v2,@@ ,="}), 401,
              INVALID_SIGNATURE),
     HookCase("timestamp_not_a_number", _with({"webhook-timestamp": "yesterday"}), 401,
              INVALID_SIGNATURE),
