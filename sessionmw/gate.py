@@ -261,9 +261,10 @@ class Gate:
     def stop(self) -> None:
         """Stop the bus subscriber (ASGI lifespan shutdown, atexit, tests)."""
         with self._start_lock:
-            if self.started:
-                self.bus.stop()
-                self.started = False
+            # Always ask the bus: a gate that never started may still hold a producer
+            # connection opened by the hook.
+            self.bus.stop()
+            self.started = False
 
     def _after_fork(self) -> None:
         # The child inherits no running threads: start again lazily there.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -37,14 +38,16 @@ def running(
 ) -> Iterator[str]:
     """Start a server process, wait until ``ready_path`` answers, yield its base URL."""
     base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        argv, env=dict(env), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    # Output goes to a file, not a pipe: nobody reads a pipe while the server runs,
+    # and a chatty server would block once the pipe buffer filled.
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
+    proc = subprocess.Popen(argv, env=dict(env), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                output = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+                log.seek(0)
+                output = log.read().decode(errors="replace")
                 raise RuntimeError(f"server exited with {proc.returncode}:\n{output}")
             try:
                 if httpx.get(base + ready_path, timeout=1).status_code < 500:
@@ -62,8 +65,7 @@ def running(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
+        log.close()
 
 
 def uvicorn(app: str, port: int, *extra: str) -> list[str]:
