@@ -552,3 +552,24 @@ async def test_no_raw_session_id_in_logs() -> None:
     text = repr(logs)
     for value in secret_ids:
         assert value not in text
+
+
+def test_middleware_needs_no_starlette() -> None:
+    """``sessionmw.asgi`` imports and runs with Starlette unavailable (pure ASGI)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['starlette'] = None\n"
+        "import asyncio, sessionmw.asgi as a\n"
+        "sent = []\n"
+        "async def app(s, r, se): pass\n"
+        "async def send(m): sent.append(m)\n"
+        "mw = a.DeviceSessionMiddleware(app)\n"
+        "scope = {'type': 'http', 'method': 'GET', 'path': '/', 'headers': []}\n"
+        "asyncio.run(mw(scope, None, send))\n"
+        "assert sent[0]['status'] == 401, sent\n"
+        "assert 'starlette' not in [m.split('.')[0] for m in sys.modules if sys.modules[m]]\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
