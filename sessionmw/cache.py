@@ -374,9 +374,12 @@ class MemoryCache:
         for a flight in progress, or ``(None, flight, None)`` to lead a new one.
         """
         with self._lock:
-            answer = self.peek(session_id)
-            if answer is not MISS:
-                return answer, None, None
+            # Stored by another caller since our lock-free read? (Skipped for an ID
+            # with no entry at all, the common case of a flood of unknown IDs.)
+            if session_id in self._data:
+                answer = self.peek(session_id)
+                if answer is not MISS:
+                    return answer, None, None
             if not counted:
                 self._misses += 1
             flight = self._flights.get(session_id)
