@@ -22,6 +22,7 @@ set, a blueprint named ``sessionmw`` serves the invalidation hook.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from io import BytesIO
 from typing import Any, TypeVar
 
 from sessionmw._compat import require_extra
@@ -129,7 +130,7 @@ class SessionMW:
                 answer = serve_hook(
                     hook,
                     environ,
-                    environ["wsgi.input"],
+                    environ.get("wsgi.input") or BytesIO(),
                     terminated=bool(environ.get("wsgi.input_terminated")),
                 )
                 return _response(answer)
