@@ -15,7 +15,8 @@ In-process: the ASGI app is called directly with a prebuilt scope and no-op
 receive/send, CPU time (so other load on the machine hardly matters). Rounds are
 interleaved; "vs bare" is the median over rounds of the ratio within each round.
 Under uvicorn (``--loop uvloop --http httptools``, one worker) loaded by ``wrk`` when
-it is installed (Debian: ``apt-get install wrk``). Targets: in-process >= 0.85x
+it is installed (Debian: ``apt-get install wrk``), server and ``wrk`` pinned to
+different CPUs with ``taskset`` when available. Targets: in-process >= 0.85x
 bare and >= 10x the ``BaseHTTPMiddleware`` variant; under uvicorn >= 0.95x bare
 (there the server's own cost dominates every variant, ``BaseHTTPMiddleware``'s too).
 """
@@ -26,6 +27,7 @@ import argparse
 import asyncio
 import functools
 import gc
+import os
 import random
 import re
 import shutil
@@ -260,9 +262,17 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0)
     raise SystemExit("uvicorn did not start")
 
 
+def _pinned(argv: list[str], cpu: int) -> list[str]:
+    """Server on one CPU, load generator on another, when there are two and taskset."""
+    if (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
+        return ["taskset", "-c", str(cpu), *argv]
+    return argv
+
+
 def _wrk(url: str, seconds: float, connections: int) -> float:
+    load = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "-H", f"{HEADER}: {SESSION_ID}"]
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "-H", f"{HEADER}: {SESSION_ID}", url],
+        _pinned([*load, url], 1),
         capture_output=True,
         text=True,
         check=True,
@@ -282,7 +292,7 @@ def under_uvicorn(seconds: float, rounds: int, connections: int) -> Results:
             argv = [sys.executable, "-m", "uvicorn", f"benchmarks.bench_asgi:{name}_app",
                     "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop",
                     "--http", "httptools", "--log-level", "warning", "--no-access-log"]  # fmt: skip
-            proc = subprocess.Popen(argv, cwd=root, stdout=subprocess.DEVNULL)
+            proc = subprocess.Popen(_pinned(argv, 0), cwd=root, stdout=subprocess.DEVNULL)
             servers[name] = (proc, port)
         for proc, port in servers.values():
             _wait_ready(port, proc)
@@ -330,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer requests and rounds")
     parser.add_argument("--no-server", action="store_true", help="skip uvicorn + wrk")
     args = parser.parse_args(argv)
-    count, rounds = (5_000, 5) if args.quick else (20_000, 9)
+    count, rounds = (5_000, 5) if args.quick else (10_000, 21)
     print(f"Python {sys.version.split()[0]}; in-process: {count} requests x {rounds} rounds")
     local = in_process(count, rounds)
     ok = _report("in-process (direct ASGI calls)", local, TARGET_INPROC, vs_basehttp=True)
@@ -339,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         print("\nunder uvicorn: SKIPPED, wrk is not installed (apt-get install wrk)")
         return 0 if ok else 1
-    seconds, server_rounds = (2.0, 3) if args.quick else (5.0, 5)
+    seconds, server_rounds = (2.0, 3) if args.quick else (3.0, 9)
     print(f"\nuvicorn --loop uvloop --http httptools, 1 worker; wrk -t1 -c64 {seconds:g}s x "
           f"{server_rounds} rounds")  # fmt: skip
     served = under_uvicorn(seconds, server_rounds, 64)
