@@ -15,17 +15,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-import os
 import re
 import ssl
-import threading
-import weakref
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import httpx
 
 from sessionmw._log import BACKEND_MALFORMED, get_logger, hash_id
+from sessionmw.backends._clients import Clients
 from sessionmw.errors import BackendUnavailable, ConfigError
 from sessionmw.records import SessionRecord, record_or_none
 
@@ -41,25 +39,19 @@ def _ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+_C = TypeVar("_C", httpx.Client, httpx.AsyncClient)
+
+
+def _build(cls: type[_C], timeout: float) -> _C:
+    return cls(timeout=timeout, follow_redirects=False, verify=_ssl_context())
+
+
 def _scrub(text: str, *secrets: str) -> str:
     for secret in secrets:
         if secret:
             pattern = rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])"
             text = re.sub(pattern, "<session>", text)
     return text
-
-
-_INSTANCES: weakref.WeakSet[HTTPBackend] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    # A lock held by a parent thread at fork time would never be released in the child.
-    for backend in list(_INSTANCES):
-        backend._lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class HTTPBackend:
@@ -84,15 +76,12 @@ class HTTPBackend:
             raise ConfigError("backend", f"not an httpx client: {type(client).__name__}")
         self.url = url
         self.timeout = float(timeout)
-        self._given_sync = client if isinstance(client, httpx.Client) else None
-        self._given_async = client if isinstance(client, httpx.AsyncClient) else None
-        self._sync: httpx.Client | None = self._given_sync
-        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
-            weakref.WeakKeyDictionary()
+        self._clients = Clients(
+            functools.partial(_build, httpx.Client, self.timeout),
+            functools.partial(_build, httpx.AsyncClient, self.timeout),
+            given_sync=client if isinstance(client, httpx.Client) else None,
+            given_async=client if isinstance(client, httpx.AsyncClient) else None,
         )
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
-        _INSTANCES.add(self)
 
     def __repr__(self) -> str:
         parts = urlsplit(self.url)
@@ -104,56 +93,20 @@ class HTTPBackend:
 
     # -- clients -----------------------------------------------------------------
 
-    def _after_fork(self) -> None:
-        # Called with the lock held: drop (without closing) what the parent built.
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._sync = self._given_sync
-            self._async = weakref.WeakKeyDictionary()
-
     def _sync_client(self) -> httpx.Client:
-        client = self._sync
-        if client is not None and self._pid == os.getpid():
-            return client
-        with self._lock:
-            self._after_fork()
-            if self._sync is None:
-                self._sync = httpx.Client(
-                    timeout=self.timeout, follow_redirects=False, verify=_ssl_context()
-                )
-            return self._sync
+        return self._clients.sync()
 
     def _async_client(self) -> httpx.AsyncClient:
-        if self._given_async is not None:
-            return self._given_async
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            self._after_fork()
-            client = self._async.get(loop)
-            if client is None:
-                client = httpx.AsyncClient(
-                    timeout=self.timeout, follow_redirects=False, verify=_ssl_context()
-                )
-                self._async[loop] = client
-            return client
+        return self._clients.for_loop()
 
     def close(self) -> None:
         """Close the sync client this backend built. Async clients are closed by
         :meth:`aclose` on their own loop; those left are dropped."""
-        with self._lock:
-            client, self._sync = self._sync, self._given_sync
-            self._async = weakref.WeakKeyDictionary()
-        if client is not None and client is not self._given_sync:
-            client.close()
+        self._clients.close()
 
     async def aclose(self) -> None:
         """Close the async client of the running loop, then the sync client."""
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            client = self._async.pop(loop, None)
-        if client is not None:
-            await client.aclose()
-        self.close()
+        await self._clients.aclose()
 
     # -- lookups -----------------------------------------------------------------
 
@@ -194,7 +147,7 @@ class HTTPBackend:
         return self._parse(session_id, response)
 
     async def alookup(self, session_id: str) -> SessionRecord | None:
-        if self._given_sync is not None and self._given_async is None:
+        if self._clients.given_sync is not None and self._clients.given_async is None:
             try:
                 return await asyncio.wait_for(
                     asyncio.to_thread(self.lookup, session_id), self.timeout

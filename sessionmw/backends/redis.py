@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import re
-import threading
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +25,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry as SyncRetry
 
 from sessionmw._log import BACKEND_MALFORMED, get_logger, hash_id
+from sessionmw.backends._clients import Clients
 from sessionmw.errors import BackendUnavailable, ConfigError
 from sessionmw.records import SessionRecord, SessionStatus, record_or_none
 
@@ -71,19 +69,6 @@ def _record_fields(record: SessionRecord) -> dict[str, str]:
     return fields
 
 
-_INSTANCES: weakref.WeakSet[RedisBackend] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    # A lock held by a parent thread at fork time would never be released in the child.
-    for backend in list(_INSTANCES):
-        backend._lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 class RedisBackend:
     """Sessions in Redis hashes.
 
@@ -101,17 +86,17 @@ class RedisBackend:
             raise ConfigError("backend", f"not a redis client: {type(client).__name__}")
         self.url = url
         self.timeout = float(timeout)
-        self._given_sync: redis.Redis | None = client if isinstance(client, redis.Redis) else None
-        self._given_async: aredis.Redis | None = (
-            client if isinstance(client, aredis.Redis) else None
+        # No retries: a retried timeout would overrun backend_timeout several times over.
+        options: dict[str, Any] = {
+            "socket_timeout": self.timeout,
+            "socket_connect_timeout": self.timeout,
+        }
+        self._clients: Clients[redis.Redis, aredis.Redis] = Clients(
+            lambda: redis.Redis.from_url(url, retry=SyncRetry(NoBackoff(), 0), **options),
+            lambda: aredis.Redis.from_url(url, retry=AsyncRetry(NoBackoff(), 0), **options),
+            given_sync=client if isinstance(client, redis.Redis) else None,
+            given_async=client if isinstance(client, aredis.Redis) else None,
         )
-        self._sync: redis.Redis | None = self._given_sync
-        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aredis.Redis] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
-        _INSTANCES.add(self)
         if client is None:
             self._check_url()
 
@@ -126,59 +111,20 @@ class RedisBackend:
 
     # -- clients -----------------------------------------------------------------
 
-    def _options(self) -> dict[str, Any]:
-        # No retries: a retried timeout would overrun backend_timeout several times over.
-        return {"socket_timeout": self.timeout, "socket_connect_timeout": self.timeout}
-
-    def _after_fork(self) -> None:
-        # Called with the lock held. redis-py pools do not reuse a parent's sockets;
-        # dropping the references (without closing) keeps the parent's connections intact.
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._sync = self._given_sync
-            self._async = weakref.WeakKeyDictionary()
-
     def _sync_client(self) -> redis.Redis:
-        client = self._sync
-        if client is not None and self._pid == os.getpid():
-            return client
-        with self._lock:
-            self._after_fork()
-            if self._sync is None:
-                self._sync = redis.Redis.from_url(
-                    self.url, retry=SyncRetry(NoBackoff(), 0), **self._options()
-                )
-            return self._sync
+        return self._clients.sync()
 
     def _async_client(self) -> aredis.Redis:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            self._after_fork()
-            client = self._async.get(loop)
-            if client is None:
-                client = aredis.Redis.from_url(
-                    self.url, retry=AsyncRetry(NoBackoff(), 0), **self._options()
-                )
-                self._async[loop] = client
-            return client
+        return self._clients.for_loop()
 
     def close(self) -> None:
         """Close the sync client this backend built. Async clients are closed by
         :meth:`aclose` on their own loop; those left are dropped."""
-        with self._lock:
-            client, self._sync = self._sync, self._given_sync
-            self._async = weakref.WeakKeyDictionary()
-        if client is not None and client is not self._given_sync:
-            client.close()
+        self._clients.close()
 
     async def aclose(self) -> None:
         """Close the async client of the running loop, then the sync client."""
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            client = self._async.pop(loop, None)
-        if client is not None:
-            await client.aclose()
-        self.close()
+        await self._clients.aclose()
 
     # -- lookups -----------------------------------------------------------------
 
@@ -213,9 +159,9 @@ class RedisBackend:
         return self._parse(session_id, raw)
 
     async def alookup(self, session_id: str) -> SessionRecord | None:
-        if self._given_sync is not None and self._given_async is None:
+        if self._clients.given_sync is not None and self._clients.given_async is None:
             return await self._in_thread(session_id)
-        client = self._given_async or self._async_client()
+        client = self._clients.for_loop()
         try:
             raw = await asyncio.wait_for(client.hgetall(session_key(session_id)), self.timeout)
         except asyncio.TimeoutError:

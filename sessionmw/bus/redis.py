@@ -56,6 +56,7 @@ from sessionmw._log import (
     BUS_GAP_DETECTED,
     get_logger,
 )
+from sessionmw.backends._clients import Clients
 from sessionmw.errors import BusUnavailable, ConfigError, InvalidPayload
 from sessionmw.events import Event, UserSessionsRevoked, describe, from_fields, to_fields
 
@@ -117,44 +118,6 @@ def _sync_client(url: str, timeout: float, **extra: Any) -> redis.Redis:
     return redis.Redis.from_url(url, **options)
 
 
-class _Clients:
-    """The producers' client, built on first use and rebuilt after a fork.
-
-    The async paths run the sync calls in a worker thread (``asyncio.to_thread``):
-    publishing happens once per hook call, not per request, and a thread hop costs
-    far less than a ``redis.asyncio`` client per event loop that nobody closes."""
-
-    def __init__(self, url: str, timeout: float) -> None:
-        self.url = url
-        self.timeout = timeout
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
-        self._sync: redis.Redis | None = None
-
-    def after_fork(self) -> None:
-        # Drop, never close: the parent still uses those sockets.
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
-        self._sync = None
-
-    def sync(self) -> redis.Redis:
-        client = self._sync
-        if client is not None and self._pid == os.getpid():
-            return client
-        if self._pid != os.getpid():
-            self.after_fork()
-        with self._lock:
-            if self._sync is None:
-                self._sync = _sync_client(self.url, self.timeout)
-            return self._sync
-
-    def close(self) -> None:
-        with self._lock:
-            client, self._sync = self._sync, None
-        if client is not None and self._pid == os.getpid():
-            client.close()
-
-
 class RedisReplayGuard:
     """``webhook-id`` dedupe shared by every process: ``SET {prefix}{sha256(id)} 1 NX EX``.
 
@@ -163,7 +126,9 @@ class RedisReplayGuard:
     never raises.
     """
 
-    def __init__(self, clients: _Clients, prefix: str, window: int = REPLAY_WINDOW) -> None:
+    def __init__(
+        self, clients: Clients[redis.Redis, Any], prefix: str, window: int = REPLAY_WINDOW
+    ) -> None:
         self._clients = clients
         self.prefix = prefix
         self.window = window
@@ -288,7 +253,11 @@ class RedisBus:
         self._wait = wait
         self._rng = rng
         self._log = get_logger()
-        self._clients = _Clients(url, timeout)
+        # The producers' client. The async paths run the sync calls in a worker thread
+        # (``asyncio.to_thread``): publishing happens once per hook call, not per
+        # request, and a thread hop costs far less than a ``redis.asyncio`` client per
+        # event loop that nobody closes.
+        self._clients: Clients[redis.Redis, Any] = Clients(lambda: _sync_client(url, timeout))
         self._guard = RedisReplayGuard(self._clients, f"{stream}:webhook:")
         # Subscriber state: the thread and what only it writes.
         self._lock = threading.Lock()
