@@ -258,7 +258,7 @@ class DeviceSessionMiddleware:
             if kind == "lifespan.startup":
                 gate.start()
             elif kind == "lifespan.shutdown":
-                gate.stop()
+                await gate.astop()
             return message
 
         await self.app(scope, wrapped, send)

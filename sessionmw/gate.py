@@ -12,6 +12,7 @@ All adapters in one process that are configured alike share one gate
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -265,6 +266,20 @@ class Gate:
             # connection opened by the hook.
             self.bus.stop()
             self.started = False
+
+    async def astop(self) -> None:
+        """Like :meth:`stop`, then close the backend's clients (ASGI lifespan shutdown).
+
+        A backend with an ``aclose()`` coroutine method closes the running loop's
+        async client there, on the loop that opened it (left to the garbage
+        collector, it would warn about an unclosed transport). The built-in backends
+        build their clients again on the next use, so a gate shared with other
+        adapters keeps working.
+        """
+        self.stop()
+        aclose = getattr(self.backend, "aclose", None)
+        if inspect.iscoroutinefunction(aclose):
+            await aclose()
 
     def _after_fork(self) -> None:
         # The child inherits no running threads: start again lazily there.

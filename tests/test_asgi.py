@@ -32,6 +32,7 @@ from examples import fastapi_app, starlette_app
 from sessionmw import ConfigError, SessionRecord, Settings
 from sessionmw._log import SESSION_REJECTED
 from sessionmw.asgi import DeviceSessionMiddleware
+from sessionmw.backends.redis import RedisBackend, session_key
 from sessionmw.gate import forget_gates
 from tests import hook_cases
 from tests.spec_cases import (
@@ -356,6 +357,34 @@ async def test_lifespan_passes_through_and_starts_the_gate() -> None:
     assert mw.gate.started is False
     assert inner.state_seen is state
     assert state == {"pool": "ready"}
+
+
+@pytest.mark.redis
+async def test_lifespan_shutdown_closes_the_backends_async_client(
+    redis_url: str, redis_client: Any
+) -> None:
+    """Shutdown awaits the backend's aclose() on the server's loop: the async client
+    a request opened is disconnected there, not left to the garbage collector."""
+    redis_client.hset(session_key(VALID), mapping={"user_id": "user-1", "status": "active"})
+    lifespan, recorder = LifespanApp(), Recorder()
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        await (lifespan if scope["type"] == "lifespan" else recorder)(scope, receive, send)
+
+    mw = DeviceSessionMiddleware(inner, backend=redis_url)
+    incoming: asyncio.Queue[Message] = asyncio.Queue()
+    task = asyncio.create_task(mw({"type": "lifespan", "state": {}}, incoming.get, Sent()))
+    await incoming.put({"type": "lifespan.startup"})
+    assert (await call(mw, http_scope())).status == 200  # a miss: the backend's async path
+    backend = mw.gate.backend
+    assert isinstance(backend, RedisBackend)
+    connections = list(backend._async_client().connection_pool._available_connections)
+    assert connections
+    assert all(c.is_connected for c in connections)
+    await incoming.put({"type": "lifespan.shutdown"})
+    await asyncio.wait_for(task, 5)
+    assert lifespan.received == ["lifespan.startup", "lifespan.shutdown"]
+    assert not any(c.is_connected for c in connections)
 
 
 async def test_first_request_starts_the_gate_without_lifespan(
