@@ -9,7 +9,9 @@ variables, no files) and runs uvicorn until interrupted. Needs the ``starlette``
 
 from __future__ import annotations
 
+import os
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -32,6 +34,19 @@ DEMO_SESSIONS = [
 ]
 VALID_ID = DEMO_SESSIONS[0][0]
 UNKNOWN_ID = "no-such-session"
+
+
+def _program() -> str:
+    """How to call this CLI again: ``sessionmw`` when that is on PATH, else its full path
+    (the demo is often started as ``.venv/bin/sessionmw`` without activating the venv)."""
+    argv0 = sys.argv[0]
+    if os.path.basename(argv0) != "sessionmw":
+        return "sessionmw"
+    full = os.path.abspath(argv0)
+    on_path = shutil.which("sessionmw")
+    if on_path is not None and os.path.exists(full) and os.path.samefile(on_path, full):
+        return "sessionmw"
+    return shlex.quote(full)
 
 
 def build_app(settings: Settings) -> Any:
@@ -130,7 +145,7 @@ def banner(origin: str, secret: str, hook_path: str, store: str) -> str:
         "#    the app refused it because the revocation was pushed to its cache.",
         "",
         "# The CLI signs for you (a fresh timestamp each time):",
-        f"sessionmw revoke --hook {origin} --secret {shlex.quote(secret)} --user alice",
+        f"{_program()} revoke --hook {origin} --secret {shlex.quote(secret)} --user alice",
         "",
         "Press Ctrl+C to stop.",
         "",

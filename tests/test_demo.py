@@ -4,6 +4,7 @@ into a real shell with real curl, each giving the answer the demo advertises."""
 from __future__ import annotations
 
 import itertools
+import os
 import queue
 import re
 import shutil
@@ -129,9 +130,11 @@ def test_printed_commands_give_the_advertised_answers(demo: Demo) -> None:
 
 def test_printed_cli_revocation_works(demo: Demo) -> None:
     """The printed ``sessionmw revoke`` line (alice, every session) is accepted."""
-    (line,) = [entry for entry in demo.output if entry.startswith("sessionmw revoke ")]
+    (line,) = [entry for entry in demo.output if " revoke --hook " in entry]
+    # Runnable as printed: the demo names its own full path when `sessionmw` is not on PATH.
+    env = {k: v for k, v in os.environ.items() if k != "PATH"} | {"PATH": "/usr/bin:/bin"}
     result = subprocess.run(
-        ["bash", "-c", f"{BIN}/{line}"], capture_output=True, text=True, timeout=30
+        ["bash", "-c", line], capture_output=True, text=True, timeout=30, env=env
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == '{"applied": 1}'
