@@ -1,5 +1,5 @@
 """Shared fixtures: real services on loopback, skipped on a developer's machine
-without them and a hard failure in CI (``CI=true``)."""
+without them and a hard failure in CI (``CI=true``); a fresh gate registry."""
 
 from __future__ import annotations
 
@@ -58,6 +58,20 @@ def redis_client(redis_url: str) -> Iterator[object]:
 def postgres_url() -> str:
     require_service("postgres", POSTGRES_URL, 5432)
     return POSTGRES_URL
+
+
+@pytest.fixture
+def fresh_gates() -> Iterator[None]:
+    """No shared gate (:func:`sessionmw.gate.gate_for`) outlives a test or precedes it.
+
+    Modules whose adapters share gates use it for every test:
+    ``pytestmark = pytest.mark.usefixtures("fresh_gates")``.
+    """
+    from sessionmw.gate import forget_gates
+
+    forget_gates()
+    yield
+    forget_gates()
 
 
 def free_port() -> int:

@@ -40,6 +40,19 @@ def seeded_backend() -> MemoryBackend:
     )
 
 
+def two_sessions(*extra: SessionRecord) -> MemoryBackend:
+    """A store with user ``u1``'s sessions ``good`` (expires in a minute) and ``other``
+    (no expiry), plus ``extra``."""
+    now = time.time()
+    return MemoryBackend(
+        [
+            SessionRecord("good", "u1", SessionStatus.ACTIVE, now + 60, now - 60),
+            SessionRecord("other", "u1", SessionStatus.ACTIVE, None, now - 60),
+            *extra,
+        ]
+    )
+
+
 class DownBackend:
     """A store that never answers."""
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,33 +16,22 @@ from django.test import AsyncClient, Client, override_settings
 from sessionmw import ConfigError, SessionRecord, SessionStatus
 from sessionmw.backends import MemoryBackend
 from sessionmw.contrib.django import DeviceSessionMiddleware, SessionMWImproperlyConfigured
-from sessionmw.gate import Gate, forget_gates
+from sessionmw.gate import Gate
 from sessionmw.hook import MAX_BODY
 from sessionmw.signing import new_secret, signed_request
 from tests import django_settings
+from tests.hook_cases import HOOK_PATH as HOOK
+from tests.spec_cases import two_sessions
 
 django_settings.setup()
 
 SECRET = new_secret()
-HOOK = "/_internal/session-invalidation"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_gates() -> Iterator[None]:
-    forget_gates()
-    yield
-    forget_gates()
+pytestmark = pytest.mark.usefixtures("fresh_gates")
 
 
 @pytest.fixture
 def backend() -> MemoryBackend:
-    now = time.time()
-    return MemoryBackend(
-        [
-            SessionRecord("good", "u1", SessionStatus.ACTIVE, now + 60, now - 60),
-            SessionRecord("other", "u1", SessionStatus.ACTIVE, None, now - 60),
-        ]
-    )
+    return two_sessions()
 
 
 @pytest.fixture

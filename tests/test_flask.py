@@ -3,45 +3,31 @@
 from __future__ import annotations
 
 import io
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from flask import Flask, g
 
-from sessionmw import ConfigError, SessionRecord, SessionStatus, Settings
+from sessionmw import ConfigError, Settings
 from sessionmw.backends import MemoryBackend
 from sessionmw.contrib.flask import SessionMW, SessionMWState, exempt
-from sessionmw.gate import forget_gates
 from sessionmw.hook import MAX_BODY
 from sessionmw.signing import new_secret, signed_request
 from sessionmw.wsgi import DeviceSessionMiddleware
 from tests import django_settings
+from tests.hook_cases import HOOK_PATH as HOOK
+from tests.spec_cases import two_sessions
 
 webtest = django_settings.import_webtest()
 
 SECRET = new_secret()
-HOOK = "/_internal/session-invalidation"
 HEADER = "X-Device-Session-ID"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_gates() -> Iterator[None]:
-    forget_gates()
-    yield
-    forget_gates()
+pytestmark = pytest.mark.usefixtures("fresh_gates")
 
 
 @pytest.fixture
 def backend() -> MemoryBackend:
-    now = time.time()
-    return MemoryBackend(
-        [
-            SessionRecord("good", "u1", SessionStatus.ACTIVE, now + 60, now - 60),
-            SessionRecord("other", "u1", SessionStatus.ACTIVE, None, now - 60),
-        ]
-    )
+    return two_sessions()
 
 
 def make_app(backend: MemoryBackend, **config: Any) -> Flask:

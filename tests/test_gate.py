@@ -14,21 +14,16 @@ from sessionmw.backends import MemoryBackend
 from sessionmw.gate import INVALID, MISSING, UNAVAILABLE, Gate, Rejection, forget_gates, gate_for
 from sessionmw.hook import BodyLimit
 from sessionmw.signing import new_secret, signed_request
-from tests.spec_cases import DownBackend
+from tests.spec_cases import DownBackend, two_sessions
 
 SECRET = new_secret()
 
 
 @pytest.fixture
 def backend() -> MemoryBackend:
-    now = time.time()
-    return MemoryBackend(
-        [
-            SessionRecord("good", "u1", SessionStatus.ACTIVE, now + 60, now - 60),
-            SessionRecord("other", "u1", SessionStatus.ACTIVE, None, now - 60),
-            SessionRecord("gone", "u2", SessionStatus.REVOKED, None, None),
-            SessionRecord("old", "u2", SessionStatus.ACTIVE, now - 1, None),
-        ]
+    return two_sessions(
+        SessionRecord("gone", "u2", SessionStatus.REVOKED, None, None),
+        SessionRecord("old", "u2", SessionStatus.ACTIVE, time.time() - 1, None),
     )
 
 

@@ -7,7 +7,7 @@ import importlib
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,7 +20,7 @@ from sessionmw._histogram import REVOCATION_LAG_BUCKETS, Histogram
 from sessionmw.backends import MemoryBackend
 from sessionmw.cache import MemoryCache
 from sessionmw.events import Flush, SessionRevoked, UserSessionsRevoked
-from sessionmw.gate import Gate, forget_gates
+from sessionmw.gate import Gate
 from sessionmw.metrics import gate_name, register_metrics
 from sessionmw.signing import new_secret
 
@@ -76,11 +76,7 @@ def assert_no_ids(samples: Samples) -> None:
             assert not any(marker in label for marker in IDS), (name, key, label)
 
 
-@pytest.fixture(autouse=True)
-def _no_shared_gates() -> Iterator[None]:
-    forget_gates()
-    yield
-    forget_gates()
+pytestmark = pytest.mark.usefixtures("fresh_gates")
 
 
 def test_scripted_requests_and_events_read_back_exactly() -> None:

@@ -20,7 +20,6 @@ from django.test import AsyncClient, Client, override_settings
 
 from examples import flask_app, wsgi_app
 from sessionmw import Settings
-from sessionmw.gate import forget_gates
 from tests import django_settings
 from tests.spec_cases import (
     CASES,
@@ -103,11 +102,7 @@ def _headers(response: Any) -> dict[str, str]:
 ADAPTERS = ["wsgi", "flask", "django", "django_async"]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_gates() -> Iterator[None]:
-    forget_gates()
-    yield
-    forget_gates()
+pytestmark = pytest.mark.usefixtures("fresh_gates")
 
 
 @contextmanager

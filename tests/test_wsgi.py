@@ -4,44 +4,31 @@ from __future__ import annotations
 
 import io
 import json
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
-from sessionmw import ConfigError, SessionRecord, SessionStatus, Settings
+from sessionmw import ConfigError, SessionRecord, Settings
 from sessionmw._environ import environ_key, read_body
 from sessionmw.backends import MemoryBackend
-from sessionmw.gate import forget_gates
 from sessionmw.hook import MAX_BODY
 from sessionmw.signing import new_secret, signed_request
 from sessionmw.wsgi import ENVIRON_KEY, DeviceSessionMiddleware
+from tests.hook_cases import HOOK_PATH as HOOK
+from tests.spec_cases import two_sessions
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 SECRET = new_secret()
-HOOK = "/_internal/session-invalidation"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_gates() -> Iterator[None]:
-    forget_gates()
-    yield
-    forget_gates()
+pytestmark = pytest.mark.usefixtures("fresh_gates")
 
 
 @pytest.fixture
 def backend() -> MemoryBackend:
-    now = time.time()
-    return MemoryBackend(
-        [
-            SessionRecord("good", "u1", SessionStatus.ACTIVE, now + 60, now - 60),
-            SessionRecord("other", "u1", SessionStatus.ACTIVE, None, now - 60),
-        ]
-    )
+    return two_sessions()
 
 
 class Inner:

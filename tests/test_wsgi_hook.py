@@ -7,14 +7,13 @@ Method (405) and streaming (chunked 413) behaviour is driven in ``test_wsgi.py``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
 
 from examples import flask_app, wsgi_app
 from sessionmw import Settings
-from sessionmw.gate import forget_gates
 from tests import django_settings, hook_cases
 from tests.hook_cases import HOOK_PATH, SIGNED_CASES, TOO_LARGE_BODY, HookCase, decode
 from tests.spec_cases import HEADER
@@ -27,11 +26,7 @@ BUILDERS: dict[str, Callable[[Settings], Any]] = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _fresh_gates() -> Iterator[None]:
-    forget_gates()
-    yield
-    forget_gates()
+pytestmark = pytest.mark.usefixtures("fresh_gates")
 
 
 @pytest.fixture(params=list(BUILDERS))
