@@ -1,19 +1,27 @@
-"""Running the example apps under their real servers (uvicorn, gunicorn) in tests."""
+"""Running the example apps under their real servers (uvicorn, gunicorn) in tests,
+with the stores and auth services they read, and raw clients to talk to them."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+from sessionmw import SessionRecord
+from sessionmw.backends.sql import SQLBackend
 from tests.conftest import free_port
+from tests.spec_cases import EXPIRED, REVOKED, VALID, VALID_NO_EXPIRY, Case, Result, seeded_backend
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -74,6 +82,118 @@ def uvicorn(app: str, port: int, *extra: str) -> list[str]:
 
 def gunicorn(app: str, port: int, *extra: str) -> list[str]:
     return [str(BIN / "gunicorn"), app, "--bind", f"127.0.0.1:{port}", *extra]
+
+
+def seed_store(url: str, *extra: SessionRecord) -> None:
+    """Create the SQL store at ``url`` with the table's sessions, plus ``extra``."""
+    store = SQLBackend(url)
+    store.create_schema()
+    seeded = seeded_backend()
+    for session_id in (VALID, VALID_NO_EXPIRY, REVOKED, EXPIRED):
+        record = seeded.lookup(session_id)
+        assert record is not None
+        store.put(record)
+    for record in extra:
+        store.put(record)
+    store.close()
+
+
+def closed_port_url() -> str:
+    """An HTTP backend URL where nothing listens."""
+    return f"http://127.0.0.1:{free_port()}/sessions/{{session_id}}"
+
+
+def send_case(base: str, case: Case) -> Result:
+    """Send a table case to a running server, header bytes as they are."""
+    headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in case.headers]
+    response = httpx.request(case.method, base + case.path, headers=headers, timeout=10)
+    return Result(
+        response.status_code,
+        response.content,
+        {name.lower(): value for name, value in response.headers.items()},
+    )
+
+
+class SlowAuthService:
+    """An auth service that holds every lookup until released (or a deadline)."""
+
+    def __init__(self, deadline: float = 10.0) -> None:
+        self.calls = 0
+        self.release = threading.Event()
+        self.deadline = deadline
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                service.calls += 1
+                service.release.wait(service.deadline)
+                body = b'{"user_id": "u-slow", "status": "active"}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/sessions/{{session_id}}"
+
+    def __enter__(self) -> SlowAuthService:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def raw_get(port: int, path: str, session_id: str, sent: threading.Semaphore) -> bytes:
+    """A raw HTTP/1.1 GET with a session; releases ``sent`` once the request is out."""
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Device-Session-ID: {session_id}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(request)
+        sent.release()
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def simultaneous_gets(
+    argv: list[str], port: int, service: SlowAuthService, session_id: str, clients: int
+) -> list[bytes]:
+    """Run the server ``argv`` on ``service``; send ``clients`` GET /whoami for
+    ``session_id`` at once and hold the backend until every request has been sent
+    (bounded by a deadline). The raw answers."""
+    env = clean_env({"SESSIONMW_BACKEND": service.url, "SESSIONMW_BACKEND_TIMEOUT": "30"})
+    answers: list[bytes] = []
+    with running(argv, env, port=port):
+        sent = threading.Semaphore(0)
+        threads = [
+            threading.Thread(
+                target=lambda: answers.append(raw_get(port, "/whoami", session_id, sent))
+            )
+            for _ in range(clients)
+        ]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 10
+        for _ in range(clients):
+            assert sent.acquire(timeout=max(0.0, deadline - time.monotonic()))
+        service.release.set()
+        for thread in threads:
+            thread.join(30)
+    return answers
 
 
 __all__ = ["ROOT", "clean_env", "free_port", "gunicorn", "running", "uvicorn"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sessionmw import BackendUnavailable, SessionRecord, SessionStatus
 from sessionmw.backends import MemoryBackend
@@ -81,6 +81,14 @@ class Case:
     path: str = "/whoami"
     expect_headers: dict[str, str] = field(default_factory=dict)
     down: bool = False  # run against DownBackend instead of the seeded store
+
+
+class Result(NamedTuple):
+    """What an adapter answered to a :class:`Case`."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str]  # lower-cased names
 
 
 _AUTH = {"www-authenticate": "DeviceSession"}

@@ -45,10 +45,11 @@ from tests.spec_cases import (
     VALID,
     Case,
     DownBackend,
+    Result,
     seeded_backend,
     settings_for,
 )
-from tests.test_spec_table import Result, assert_matches
+from tests.test_spec_table import assert_matches
 
 Message = MutableMapping[str, Any]
 LOWER = HEADER.lower().encode()

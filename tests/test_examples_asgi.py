@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -24,20 +22,26 @@ import pytest
 from sessionmw.backends.sql import SQLBackend
 from tests import hook_cases
 from tests.hook_cases import HOOK_PATH, SECRET
-from tests.servers import clean_env, free_port, running, uvicorn
+from tests.servers import (
+    SlowAuthService,
+    clean_env,
+    closed_port_url,
+    free_port,
+    running,
+    seed_store,
+    send_case,
+    simultaneous_gets,
+    uvicorn,
+)
 from tests.spec_cases import (
     CASES,
-    EXPIRED,
     HEADER,
     RAW_CASES,
     REVOKED,
     VALID,
-    VALID_NO_EXPIRY,
     Case,
-    seeded_backend,
 )
-from tests.test_examples_wsgi import SlowAuthService, _raw_get
-from tests.test_spec_table import Result, assert_matches
+from tests.test_spec_table import assert_matches
 
 pytestmark = pytest.mark.slow
 
@@ -47,22 +51,11 @@ EXAMPLES = {
 }
 
 
-def _seed(url: str) -> None:
-    store = SQLBackend(url)
-    store.create_schema()
-    seeded = seeded_backend()
-    for session_id in (VALID, VALID_NO_EXPIRY, REVOKED, EXPIRED):
-        record = seeded.lookup(session_id)
-        assert record is not None
-        store.put(record)
-    store.close()
-
-
 @pytest.fixture(scope="module")
 def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A SQLite store seeded with the table's sessions (never changed by these tests)."""
     url = f"sqlite:///{tmp_path_factory.mktemp('asgi-store') / 'sessions.db'}"
-    _seed(url)
+    seed_store(url)
     return url
 
 
@@ -71,7 +64,7 @@ def servers(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[dict[bo
     """Base URLs of one example: seeded store (False) and unreachable store (True)."""
     app = EXAMPLES[request.param]
     up, down = free_port(), free_port()
-    closed = f"http://127.0.0.1:{free_port()}/sessions/{{session_id}}"
+    closed = closed_port_url()
     with (
         running(uvicorn(app, up), clean_env({"SESSIONMW_BACKEND": sqlite_url}), port=up) as ok,
         running(
@@ -83,20 +76,10 @@ def servers(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[dict[bo
         yield {False: ok, True: broken}
 
 
-def _send(base: str, case: Case) -> Result:
-    headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in case.headers]
-    response = httpx.request(case.method, base + case.path, headers=headers, timeout=10)
-    return Result(
-        response.status_code,
-        response.content,
-        {name.lower(): value for name, value in response.headers.items()},
-    )
-
-
 @pytest.mark.parametrize("case", CASES + RAW_CASES, ids=lambda c: c.name)
 def test_spec_table_under_uvicorn(servers: dict[bool, str], case: Case) -> None:
     """Each example under uvicorn gives the table's status, body and headers."""
-    assert_matches(case, _send(servers[case.down], case))
+    assert_matches(case, send_case(servers[case.down], case))
 
 
 # -- the hook through a real server ---------------------------------------------------------
@@ -108,7 +91,7 @@ def hooked(
 ) -> Iterator[tuple[str, str]]:
     """An example with the hook enabled (both test secrets) on its own seeded store."""
     url = f"sqlite:///{tmp_path_factory.mktemp('hook-store') / 'sessions.db'}"
-    _seed(url)
+    seed_store(url)
     port = free_port()
     env = clean_env({
         "SESSIONMW_BACKEND": url,
@@ -223,24 +206,9 @@ def test_one_backend_call_for_fifty_simultaneous_requests(example: str) -> None:
     """50 requests in flight for one uncached ID under one uvicorn worker: one lookup."""
     port = free_port()
     with SlowAuthService() as service:
-        env = clean_env({"SESSIONMW_BACKEND": service.url, "SESSIONMW_BACKEND_TIMEOUT": "30"})
-        with running(uvicorn(EXAMPLES[example], port), env, port=port):
-            sent = threading.Semaphore(0)
-            answers: list[bytes] = []
-            threads = [
-                threading.Thread(
-                    target=lambda: answers.append(_raw_get(port, "/whoami", SLOW_ID, sent))
-                )
-                for _ in range(CLIENTS)
-            ]
-            for thread in threads:
-                thread.start()
-            deadline = time.monotonic() + 10
-            for _ in range(CLIENTS):
-                assert sent.acquire(timeout=max(0.0, deadline - time.monotonic()))
-            service.release.set()
-            for thread in threads:
-                thread.join(30)
+        answers = simultaneous_gets(
+            uvicorn(EXAMPLES[example], port), port, service, SLOW_ID, CLIENTS
+        )
     assert len(answers) == CLIENTS
     assert all(answer.startswith(b"HTTP/1.1 200") for answer in answers), answers[:1]
     bodies = [json.loads(answer.split(b"\r\n\r\n", 1)[1]) for answer in answers]

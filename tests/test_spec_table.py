@@ -13,7 +13,7 @@ import asyncio
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import Any
 
 import pytest
 from django.test import AsyncClient, Client, override_settings
@@ -27,18 +27,13 @@ from tests.spec_cases import (
     RAW_CASES,
     Case,
     DownBackend,
+    Result,
     seeded_backend,
     settings_for,
 )
 
 django_settings.setup()
 webtest = django_settings.import_webtest()
-
-
-class Result(NamedTuple):
-    status: int
-    body: bytes
-    headers: dict[str, str]  # lower-cased names
 
 
 Send = Callable[[Case], Result]
