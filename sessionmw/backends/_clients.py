@@ -72,6 +72,12 @@ class Clients(Generic[S, A]):
         self._lock = threading.Lock()
         _INSTANCES.add(self)
 
+    @property
+    def sync_only(self) -> bool:
+        """True when the caller gave a sync client and no async one (the async path
+        then runs the sync client in a worker thread)."""
+        return self.given_sync is not None and self.given_async is None
+
     def _drop_if_forked(self) -> None:
         # Called with the lock held.
         if self._pid != os.getpid():

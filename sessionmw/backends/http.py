@@ -147,7 +147,7 @@ class HTTPBackend:
         return self._parse(session_id, response)
 
     async def alookup(self, session_id: str) -> SessionRecord | None:
-        if self._clients.given_sync is not None and self._clients.given_async is None:
+        if self._clients.sync_only:
             try:
                 return await asyncio.wait_for(
                     asyncio.to_thread(self.lookup, session_id), self.timeout

@@ -146,20 +146,24 @@ class RedisBackend:
             problem="key does not hold a hash",
         )
 
+    def _failed(self, exc: RedisError, session_id: str) -> None:
+        """A failed read of a session: a key of another type is no session (logged);
+        anything else raises :class:`BackendUnavailable`."""
+        if isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE"):
+            self._wrong_type(session_id)
+            return
+        raise self._unavailable(exc, session_id) from None
+
     def lookup(self, session_id: str) -> SessionRecord | None:
         try:
             raw = self._sync_client().hgetall(session_key(session_id))
-        except ResponseError as exc:
-            if str(exc).startswith("WRONGTYPE"):
-                self._wrong_type(session_id)
-                return None
-            raise self._unavailable(exc, session_id) from None
         except RedisError as exc:
-            raise self._unavailable(exc, session_id) from None
+            self._failed(exc, session_id)
+            return None
         return self._parse(session_id, raw)
 
     async def alookup(self, session_id: str) -> SessionRecord | None:
-        if self._clients.given_sync is not None and self._clients.given_async is None:
+        if self._clients.sync_only:
             return await self._in_thread(session_id)
         client = self._clients.for_loop()
         try:
@@ -168,13 +172,9 @@ class RedisBackend:
             raise BackendUnavailable(
                 f"Redis backend did not answer within {self.timeout:g}s"
             ) from None
-        except ResponseError as exc:
-            if str(exc).startswith("WRONGTYPE"):
-                self._wrong_type(session_id)
-                return None
-            raise self._unavailable(exc, session_id) from None
         except RedisError as exc:
-            raise self._unavailable(exc, session_id) from None
+            self._failed(exc, session_id)
+            return None
         return self._parse(session_id, raw)
 
     async def _in_thread(self, session_id: str) -> SessionRecord | None:
