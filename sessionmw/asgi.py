@@ -16,7 +16,7 @@
     # in an endpoint:
     record = request.state.device_session  # a sessionmw.SessionRecord
 
-The middleware is a plain ASGI callable (no ``BaseHTTPMiddleware``): it never reads
+The middleware is a plain ASGI callable, not a Starlette HTTP-middleware subclass: it never reads
 the body of a normal request, never wraps the response, and runs the app in the
 caller's task, so streaming responses, background tasks and context variables
 behave exactly as without it. Importing this module does not import Starlette; only
