@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-import re
 import ssl
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
@@ -24,6 +23,7 @@ import httpx
 
 from sessionmw._log import BACKEND_MALFORMED, get_logger, hash_id
 from sessionmw.backends._clients import Clients
+from sessionmw.backends._errors import scrub, within
 from sessionmw.errors import BackendUnavailable, ConfigError
 from sessionmw.records import SessionRecord, record_or_none
 
@@ -44,14 +44,6 @@ _C = TypeVar("_C", httpx.Client, httpx.AsyncClient)
 
 def _build(cls: type[_C], timeout: float) -> _C:
     return cls(timeout=timeout, follow_redirects=False, verify=_ssl_context())
-
-
-def _scrub(text: str, *secrets: str) -> str:
-    for secret in secrets:
-        if secret:
-            pattern = rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])"
-            text = re.sub(pattern, "<session>", text)
-    return text
 
 
 class HTTPBackend:
@@ -111,7 +103,7 @@ class HTTPBackend:
     # -- lookups -----------------------------------------------------------------
 
     def _unavailable(self, exc: BaseException, session_id: str) -> BackendUnavailable:
-        text = _scrub(str(exc).strip(), session_id, quote(session_id, safe=""))
+        text = scrub(str(exc).strip(), session_id, quote(session_id, safe=""))
         message = f"HTTP backend unavailable: {type(exc).__name__}"
         return BackendUnavailable(f"{message}: {text}" if text else message)
 
@@ -148,22 +140,11 @@ class HTTPBackend:
 
     async def alookup(self, session_id: str) -> SessionRecord | None:
         if self._clients.sync_only:
-            try:
-                return await asyncio.wait_for(
-                    asyncio.to_thread(self.lookup, session_id), self.timeout
-                )
-            except asyncio.TimeoutError:
-                raise BackendUnavailable(
-                    f"HTTP backend did not answer within {self.timeout:g}s"
-                ) from None
+            return await within(asyncio.to_thread(self.lookup, session_id), self.timeout, "HTTP")
         client = self._async_client()
         request = client.get(self.url_for(session_id), timeout=self.timeout)
         try:
-            response = await asyncio.wait_for(request, self.timeout)
-        except asyncio.TimeoutError:
-            raise BackendUnavailable(
-                f"HTTP backend did not answer within {self.timeout:g}s"
-            ) from None
+            response = await within(request, self.timeout, "HTTP")
         except httpx.HTTPError as exc:
             raise self._unavailable(exc, session_id) from None
         return self._parse(session_id, response)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +25,7 @@ from redis.retry import Retry as SyncRetry
 
 from sessionmw._log import BACKEND_MALFORMED, get_logger, hash_id
 from sessionmw.backends._clients import Clients
+from sessionmw.backends._errors import scrub, within
 from sessionmw.errors import BackendUnavailable, ConfigError
 from sessionmw.records import SessionRecord, SessionStatus, record_or_none
 
@@ -48,12 +48,6 @@ return 0
 def session_key(session_id: str) -> str:
     """The Redis key of a session's hash."""
     return KEY_PREFIX + session_id
-
-
-def _scrub(text: str, session_id: str) -> str:
-    if not session_id:
-        return text
-    return re.sub(rf"(?<![A-Za-z0-9]){re.escape(session_id)}(?![A-Za-z0-9])", "<session>", text)
 
 
 def _record_fields(record: SessionRecord) -> dict[str, str]:
@@ -129,7 +123,7 @@ class RedisBackend:
     # -- lookups -----------------------------------------------------------------
 
     def _unavailable(self, exc: BaseException, session_id: str) -> BackendUnavailable:
-        text = _scrub(str(exc).strip(), session_id)
+        text = scrub(str(exc).strip(), session_id)
         message = f"Redis backend unavailable: {type(exc).__name__}"
         return BackendUnavailable(f"{message}: {text}" if text else message)
 
@@ -164,26 +158,14 @@ class RedisBackend:
 
     async def alookup(self, session_id: str) -> SessionRecord | None:
         if self._clients.sync_only:
-            return await self._in_thread(session_id)
+            return await within(asyncio.to_thread(self.lookup, session_id), self.timeout, "Redis")
         client = self._clients.for_loop()
         try:
-            raw = await asyncio.wait_for(client.hgetall(session_key(session_id)), self.timeout)
-        except asyncio.TimeoutError:
-            raise BackendUnavailable(
-                f"Redis backend did not answer within {self.timeout:g}s"
-            ) from None
+            raw = await within(client.hgetall(session_key(session_id)), self.timeout, "Redis")
         except RedisError as exc:
             self._failed(exc, session_id)
             return None
         return self._parse(session_id, raw)
-
-    async def _in_thread(self, session_id: str) -> SessionRecord | None:
-        try:
-            return await asyncio.wait_for(asyncio.to_thread(self.lookup, session_id), self.timeout)
-        except asyncio.TimeoutError:
-            raise BackendUnavailable(
-                f"Redis backend did not answer within {self.timeout:g}s"
-            ) from None
 
     # -- management (CLI) --------------------------------------------------------
 

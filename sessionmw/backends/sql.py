@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
+from sessionmw.backends._errors import scrub, within
 from sessionmw.errors import BackendUnavailable, ConfigError
 from sessionmw.records import SessionRecord, SessionStatus, record_or_none
 
@@ -37,14 +38,6 @@ DEFAULT_TABLE = "device_sessions"
 _SOURCE = "sql"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _COLUMNS = ("user_id", "status", "expires_at", "issued_at", "data")
-
-
-def _scrub(text: str, session_id: str) -> str:
-    """Remove a session ID from a driver message (they may quote parameters)."""
-    if not session_id:
-        return text
-    pattern = rf"(?<![A-Za-z0-9]){re.escape(session_id)}(?![A-Za-z0-9])"
-    return re.sub(pattern, "<session>", text)
 
 
 def _table(name: str) -> sa.Table:
@@ -190,7 +183,7 @@ class SQLBackend:
     def _unavailable(self, exc: BaseException, session_id: str = "") -> BackendUnavailable:
         detail = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
         lines = str(detail).strip().splitlines()
-        text = _scrub(lines[0], session_id) if lines else ""
+        text = scrub(lines[0], session_id) if lines else ""
         message = f"SQL backend unavailable: {type(detail).__name__}"
         return BackendUnavailable(f"{message}: {text}" if text else message)
 
@@ -208,14 +201,9 @@ class SQLBackend:
 
     async def alookup(self, session_id: str) -> SessionRecord | None:
         """Run :meth:`lookup` in a worker thread, bounded by ``timeout``."""
-        try:
-            return await asyncio.wait_for(
-                asyncio.to_thread(self._lookup_in_thread, session_id), self.timeout
-            )
-        except asyncio.TimeoutError:
-            raise BackendUnavailable(
-                f"SQL backend did not answer within {self.timeout:g}s"
-            ) from None
+        return await within(
+            asyncio.to_thread(self._lookup_in_thread, session_id), self.timeout, "SQL"
+        )
 
     def _lookup_in_thread(self, session_id: str) -> SessionRecord | None:
         with self._idle:
