@@ -67,13 +67,18 @@ def running(
             time.sleep(0.1)  # polling interval while the server boots, not a race wait
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    """Terminate a server process; kill it if it has not exited within 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def uvicorn(app: str, port: int, *extra: str) -> list[str]:
@@ -196,4 +201,4 @@ def simultaneous_gets(
     return answers
 
 
-__all__ = ["ROOT", "clean_env", "free_port", "gunicorn", "running", "uvicorn"]
+__all__ = ["ROOT", "clean_env", "free_port", "gunicorn", "running", "stop", "uvicorn"]

@@ -17,7 +17,7 @@ from typing import IO
 import httpx
 import pytest
 
-from tests.servers import BIN, ROOT, clean_env, free_port
+from tests.servers import BIN, ROOT, clean_env, free_port, stop
 
 pytestmark = [
     pytest.mark.slow,
@@ -76,12 +76,7 @@ def demo() -> Iterator[Demo]:
         running.output = running.read_banner()
         yield running
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         pump.join(10)  # EOF once the process is gone
         proc.stdout.close()
 
