@@ -747,3 +747,27 @@ def test_fork_after_start_gives_the_child_its_own_subscriber(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout.splitlines()[-1] == b"ok"
+
+
+def test_stop_closes_the_hook_producer_of_a_gate_never_started(redis_url: str) -> None:
+    """A gate that only published (hook calls, no subscriber) still releases its
+    Redis connection on stop()."""
+    admin = redis.Redis.from_url(redis_url)
+    secret = new_secret()
+    stream = f"test:{uuid.uuid4().hex}"
+    gate = Gate(
+        Settings(backend=MemoryBackend(), bus=redis_url, stream=stream, invalidation_secret=secret)
+    )
+    try:
+        before = len(admin.client_list())
+        headers, body = signed_request(secret, [{"type": "session_revoked", "session_id": "s"}])
+        assert gate.hook is not None
+        assert gate.hook.handle(headers, body).status == 200
+        assert not gate.started
+        assert len(admin.client_list()) == before + 1
+        gate.stop()
+        wait_until(lambda: len(admin.client_list()) == before, what="producer closed")
+    finally:
+        gate.stop()
+        admin.delete(stream)
+        admin.close()
