@@ -5,17 +5,21 @@ live in :mod:`sessionmw.asgi`, :mod:`sessionmw.wsgi` and :mod:`sessionmw.contrib
 """
 
 from sessionmw._version import __version__
-from sessionmw.errors import BackendUnavailable, ConfigError
-from sessionmw.records import SessionRecord, SessionStatus
+from sessionmw.errors import BackendUnavailable, BusUnavailable, ConfigError, ReadOnlyStore
+from sessionmw.records import SessionRecord, SessionStatus, StoredSession
 from sessionmw.settings import Settings
 
 __all__ = [
     "BackendUnavailable",
+    "BusUnavailable",
     "ConfigError",
     "MemoryCache",
+    "ReadOnlyStore",
     "SessionRecord",
     "SessionStatus",
+    "Sessions",
     "Settings",
+    "StoredSession",
     "__version__",
 ]
 
@@ -26,4 +30,8 @@ def __getattr__(name: str) -> object:
         from sessionmw.cache import MemoryCache
 
         return MemoryCache
+    if name == "Sessions":
+        from sessionmw.sessions import Sessions
+
+        return Sessions
     raise AttributeError(f"module 'sessionmw' has no attribute {name!r}")

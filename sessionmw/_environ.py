@@ -10,15 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from sessionmw.hook import (
-    INVALID_PAYLOAD,
-    MAX_BODY,
-    METHOD_NOT_ALLOWED,
-    TOO_LARGE,
-    BodyLimit,
-    HookResponse,
-    InvalidationHook,
-)
+from sessionmw._body import MAX_BODY, BodyLimit
+from sessionmw.answers import INVALID_PAYLOAD, METHOD_NOT_ALLOWED, Answer
+from sessionmw.hook import InvalidationHook
 
 __all__ = ["environ_key", "hook_headers", "read_body", "serve_hook"]
 
@@ -52,19 +46,18 @@ def read_body(
 ) -> BodyLimit | None:
     """Read a request body without reading past ``limit`` bytes.
 
-    A declared ``Content-Length`` above the limit is refused without reading a byte.
+    A declared ``Content-Length`` above the limit, or one that is not a plain ASCII
+    decimal, is refused (``refusal`` set) without reading a byte.
     Without one, the body is read only when the server marks the stream as terminated
     (``wsgi.input_terminated``: a chunked body), in chunks, and cut off at
     ``limit + 1`` bytes; otherwise it is empty, as PEP 3333 demands. Returns ``None``
     when the stream fails mid-read (a client that went away).
     """
-    if content_length is not None and not content_length.strip():
-        content_length = None
     body = BodyLimit(content_length, limit)
     if body.refused:
         return body
-    if content_length is not None:
-        remaining = int(content_length)
+    if body.declared is not None:
+        remaining = body.declared
     elif terminated:
         remaining = limit + 1
     else:
@@ -93,7 +86,7 @@ def serve_hook(
     stream: Readable,
     *,
     terminated: bool,
-) -> HookResponse:
+) -> Answer:
     """Answer one request to the invalidation hook (sync adapters).
 
     ``environ`` provides ``REQUEST_METHOD``, ``CONTENT_LENGTH`` and the ``HTTP_*``
@@ -105,6 +98,6 @@ def serve_hook(
     body = read_body(stream, environ.get("CONTENT_LENGTH"), terminated=terminated)
     if body is None:
         return INVALID_PAYLOAD
-    if body.refused:
-        return TOO_LARGE
+    if body.refusal is not None:
+        return body.refusal
     return hook.handle(hook_headers(environ), body.body)

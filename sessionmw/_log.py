@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 import structlog
@@ -23,6 +24,25 @@ BUS_BAD_ENTRY = "bus.bad_entry"
 def get_logger() -> Any:
     """The ``sessionmw`` logger. Never configured by the library itself."""
     return structlog.get_logger("sessionmw")
+
+
+def scrub(text: str, *secrets: str) -> str:
+    """``text`` with every whole-word occurrence of each secret (a session ID, or its
+    URL-quoted form) replaced by ``<session>``: driver messages may quote parameters."""
+    for secret in secrets:
+        if secret:
+            pattern = rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])"
+            text = re.sub(pattern, "<session>", text)
+    return text
+
+
+def cause(exc: BaseException, *secrets: str, limit: int = 300) -> str:
+    """``"Type: message"`` of an exception for a log line, scrubbed of ``secrets``."""
+    text = scrub(str(exc).strip(), *secrets)
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name
 
 
 def hash_id(value: str) -> str:

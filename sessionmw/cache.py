@@ -46,14 +46,13 @@ import collections
 import concurrent.futures
 import dataclasses
 import enum
-import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable
 from typing import Final, Literal, Protocol, TypeVar
 
-from sessionmw._log import BACKEND_UNAVAILABLE, CACHE_STALE_SERVED, get_logger, hash_id
+from sessionmw import _fork
+from sessionmw._log import BACKEND_UNAVAILABLE, CACHE_STALE_SERVED, cause, get_logger, hash_id
 from sessionmw.errors import BackendUnavailable, ConfigError
 from sessionmw.records import SessionRecord, SessionStatus
 
@@ -231,6 +230,14 @@ class MemoryCache:
         self._max_age: float | None = None
         self._pos_fresh = self._ttl
         self._neg_fresh = self._negative_ttl
+        # Wall clock minus cache clock, re-read on every store: lets the hot path judge
+        # ``expires_at`` (wall clock) from its one cache-clock read (see hit()).
+        self._wall_offset = wall_clock() - clock()
+        # Requests recorded by hit()/touch(): session ID -> cache-clock time.
+        self._activity: dict[str, float] = {}
+        self._fetch_observer: Callable[[str, float], None] | None = None
+        #: Whether hit() records requests (set by the gate when activity is tracked).
+        self.track_activity = False
 
         self._lock = threading.Lock()
         self._data: dict[str, _Entry] = {}
@@ -251,6 +258,7 @@ class MemoryCache:
         # Hit counters are bumped without the lock (a lost increment under thread
         # contention is acceptable); the others change under the lock only.
         self._hits = 0
+        self._allowed_hits = 0
         self._negative_hits = 0
         self._misses = 0
         self._coalesced = 0
@@ -259,9 +267,68 @@ class MemoryCache:
         self._revocations = 0
         self._backend_errors = 0
         self._stale_served = 0
-        _LIVE_CACHES.add(self)
+        _fork.register(self)
 
     # ------------------------------------------------------------------ hot path
+
+    def hit(self, session_id: str) -> SessionRecord | None:
+        """The cached record for ``session_id`` if it is fresh, active and unexpired,
+        recording the request's time for the activity flusher when ``track_activity``
+        is on (one dict store).
+
+        The middlewares' fast path: one dict lookup, one clock read, no lock, no
+        I/O. Anything else (a miss, an unknown, revoked or expired session, a stale
+        entry) answers ``None`` and the caller takes the full path (:meth:`peek`,
+        :meth:`lookup`). ``expires_at`` is judged against the cache clock plus the
+        wall-clock offset measured at the last store, so a wall-clock step shows
+        here only after the next backend fetch (the full path reads the wall clock).
+        """
+        entry = self._data.get(session_id)
+        if entry is not None:
+            now = self._clock()
+            # ``fetched`` before ``record``: see _Entry.
+            if now - entry.fetched < self._pos_fresh:
+                record = entry.record
+                if (
+                    record is not None
+                    and record.status is _ACTIVE
+                    and (
+                        (expires := record.expires_at) is None or expires > now + self._wall_offset
+                    )
+                ):
+                    entry.ref = True
+                    self._allowed_hits += 1
+                    if self.track_activity:
+                        self._activity[session_id] = now
+                    return record
+        return None
+
+    def touch(self, session_id: str) -> None:
+        """Record a request of ``session_id`` now (allowed by the full path)."""
+        self._activity[session_id] = self._clock()
+
+    def take_activity(self) -> dict[str, float]:
+        """The requests recorded since the last call: session ID -> wall-clock time
+        of its latest request. (A record made while this runs may land in the next
+        call's batch or, rarely, be lost: the session's next request records it.)"""
+        activity = self._activity
+        taken = dict(activity)  # one atomic copy, then one atomic clear
+        activity.clear()
+        offset = self._wall_offset
+        return {key: when + offset for key, when in taken.items()}
+
+    def set_fetch_observer(self, observer: Callable[[str, float], None] | None) -> None:
+        """Call ``observer(session_id, last_seen)`` for every fetched record whose store
+        knows its ``last_seen`` (wall clock)."""
+        self._fetch_observer = observer
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._data
+
+    @property
+    def allowed_hits(self) -> int:
+        """How many :meth:`hit` calls returned a record."""
+        return self._allowed_hits
 
     def peek(self, session_id: str) -> SessionRecord | Miss | None:
         """The cached answer for ``session_id`` if fresh, without touching the backend.
@@ -420,6 +487,21 @@ class MemoryCache:
         if record is not None and not isinstance(record, SessionRecord):
             exc = TypeError(f"backend returned {type(record).__name__}, not a SessionRecord")
             return self._fallback(session_id, self._fail(session_id, flight, exc), waiter=False)
+        if record is not None and record.__class__ is not SessionRecord:
+            # A store's richer record (StoredSession): the cache keeps the plain one,
+            # and hands what the store knows of activity to the observer.
+            last_seen = getattr(record, "last_seen", None)
+            observe = self._fetch_observer
+            if observe is not None and last_seen is not None:
+                observe(session_id, last_seen)
+            record = SessionRecord(
+                record.session_id,
+                record.user_id,
+                record.status,
+                record.expires_at,
+                record.issued_at,
+                record.data,
+            )
         with self._lock:
             if self._flights.get(session_id) is flight:
                 del self._flights[session_id]
@@ -448,11 +530,9 @@ class MemoryCache:
                 del self._flights[session_id]
             self._backend_errors += 1
         flight.settle(error)
+        # The one log line of this failure (waiters and the gate do not log it again).
         get_logger().warning(
-            BACKEND_UNAVAILABLE,
-            session=hash_id(session_id),
-            error=type(exc).__name__,
-            wrapped=error is not exc,
+            BACKEND_UNAVAILABLE, session=hash_id(session_id), cause=cause(exc, session_id)
         )
         return error
 
@@ -521,6 +601,7 @@ class MemoryCache:
         if record is not None:
             record = self._shared_user(record)
         now = self._clock()
+        self._wall_offset = self._wall_clock() - now
         if entry is not None:
             old = entry.record
             if old is not None and (record is None or old.user_id != record.user_id):
@@ -674,7 +755,8 @@ class MemoryCache:
     def mark_user_revoked(self, user_id: str, before: float | None = None) -> None:
         """Revoke every session of ``user_id`` issued up to ``before`` (wall clock).
 
-        ``before`` defaults to ``wall_clock()``, i.e. now. Cached records of the user
+        ``before`` defaults to ``wall_clock()``, i.e. now, and is never later than
+        now. Cached records of the user
         are flipped in O(that user's cached sessions) through the user index, except
         those whose ``issued_at`` is known and later than ``before`` (a fresh login
         stays active); a cached record with unknown ``issued_at`` is revoked. A
@@ -685,8 +767,9 @@ class MemoryCache:
         """
         if not user_id:
             return
-        if before is None:
-            before = self._wall_clock()
+        wall = self._wall_clock()
+        if before is None or before > wall:
+            before = wall  # no event revokes logins that happen after it arrived
         with self._lock:
             now = self._clock()
             self._purge_expired_marks(now)
@@ -761,7 +844,7 @@ class MemoryCache:
         """Counters since creation. ``hits``/``negative_hits`` are approximate under
         thread contention (bumped without the lock); the rest are exact."""
         return {
-            "hits": self._hits,
+            "hits": self._hits + self._allowed_hits,
             "misses": self._misses,
             "negative_hits": self._negative_hits,
             "coalesced": self._coalesced,
@@ -778,21 +861,9 @@ class MemoryCache:
             f"ttl={self._ttl:g}>"
         )
 
-    def _after_fork_in_child(self) -> None:
+    def _reset_after_fork(self) -> None:
         # The parent's threads do not exist here: a lock they held would never be
         # released, and their flights would never complete.
         self._lock = threading.Lock()
         self._flights = {}
-
-
-_LIVE_CACHES: weakref.WeakSet[MemoryCache] = weakref.WeakSet()
-
-
-def _reinit_after_fork() -> None:
-    for cache in list(_LIVE_CACHES):
-        cache._after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    # One hook for every cache, holding them weakly so they can still be collected.
-    os.register_at_fork(after_in_child=_reinit_after_fork)
+        self._activity.clear()  # the parent's to report, not ours

@@ -4,7 +4,8 @@
   ``curl`` commands;
 * ``sessionmw revoke``: sign and post an invalidation event to a hook, or add it to
   the Redis stream;
-* ``sessionmw sessions create|list|revoke``: manage sessions in a SQL or Redis store.
+* ``sessionmw sessions create|list|revoke|migrate``: manage sessions in a SQL or Redis
+  store (``migrate`` creates the schema; it never drops anything).
 
 Exit codes: 0 success, 1 failure (refused by the hook, store or service unreachable,
 session not found), 2 usage error.
@@ -16,22 +17,26 @@ import argparse
 import json
 import os
 import secrets
+import shlex
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from typing import Any, NoReturn
-from urllib.parse import urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from sessionmw._version import __version__
-from sessionmw.errors import BackendUnavailable, ConfigError
+from sessionmw.errors import BackendUnavailable, BusUnavailable, ConfigError
+from sessionmw.events import Event, Flush, SessionRevoked, UserSessionsRevoked, to_json
 from sessionmw.records import SessionRecord, SessionStatus
-from sessionmw.settings import Settings
+from sessionmw.settings import Settings, redact_url, scheme_kind
+
+if TYPE_CHECKING:
+    from sessionmw.backends import Store
 
 DEFAULT_STREAM = Settings.stream
 DEFAULT_HOOK_PATH = Settings.invalidation_path
-STREAM_MAXLEN = 100_000
 SECRET_ENV = "SESSIONMW_INVALIDATION_SECRET"  # noqa: S105 - a variable name
 
 
@@ -46,15 +51,12 @@ def _fail(message: str) -> NoReturn:
 # -- revoke --------------------------------------------------------------------------
 
 
-def _event(args: argparse.Namespace) -> dict[str, Any]:
+def _event(args: argparse.Namespace) -> Event:
     if args.session is not None:
-        return {"type": "session_revoked", "session_id": args.session}
+        return SessionRevoked(args.session)
     if args.user is not None:
-        event: dict[str, Any] = {"type": "user_sessions_revoked", "user_id": args.user}
-        if args.before is not None:
-            event["before"] = args.before
-        return event
-    return {"type": "flush"}
+        return UserSessionsRevoked(args.user, args.before)
+    return Flush()
 
 
 def _hook_url(url: str) -> str:
@@ -67,10 +69,10 @@ def _hook_url(url: str) -> str:
     return urlunsplit(parts)
 
 
-def _post_hook(url: str, secret: str, event: dict[str, Any], timeout: float) -> dict[str, Any]:
+def _post_hook(url: str, secret: str, event: Event, timeout: float) -> dict[str, Any]:
     from sessionmw.signing import signed_request
 
-    headers, body = signed_request(secret, [event])
+    headers, body = signed_request(secret, [to_json(event)])
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
@@ -87,37 +89,29 @@ def _post_hook(url: str, secret: str, event: dict[str, Any], timeout: float) -> 
         _fail("the hook answered something that is not JSON")
 
 
-def _xadd(bus_url: str, stream: str, event: dict[str, Any], timeout: float) -> str:
-    try:
-        import redis
-    except ImportError:
-        _fail("--bus needs redis-py: pip install 'sessionmw[redis]'")
-    fields = {key: str(value) for key, value in event.items()}
-    client = redis.Redis.from_url(bus_url, socket_timeout=timeout, socket_connect_timeout=timeout)
-    try:
-        entry = client.xadd(stream, fields, maxlen=STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
-    except redis.RedisError as exc:
-        _fail(f"cannot add to stream {stream!r} at {_safe_url(bus_url)}: {exc}")
-    finally:
-        client.close()
-    return entry.decode() if isinstance(entry, bytes) else str(entry)
+def _publish(bus_url: str, stream: str, event: Event, timeout: float) -> str:
+    from sessionmw.bus import publish
 
-
-def _safe_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+    try:
+        ids = publish(bus_url, [event], stream=stream, timeout=timeout)
+    except ImportError as exc:  # the bus's driver is not installed
+        _fail(str(exc))
+    except BusUnavailable as exc:
+        _fail(f"cannot add to stream {stream!r} at {redact_url(bus_url)}: {exc}")
+    return ids[0] if ids else ""
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     event = _event(args)
     if args.bus is not None:
-        if urlsplit(args.bus).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"--bus must be a redis:// URL, got {args.bus!r}")
-        entry = _xadd(args.bus, args.stream, event, args.timeout)
-        print(json.dumps({"stream": args.stream, "entry": entry, "event": event["type"]}))
+        try:
+            kind = scheme_kind("bus", args.bus)
+        except ConfigError:
+            kind = None
+        if kind != "redis":
+            raise ValueError(f"--bus must be a redis:// URL, got {redact_url(args.bus)!r}")
+        entry = _publish(args.bus, args.stream, event, args.timeout)
+        print(json.dumps({"stream": args.stream, "entry": entry, "event": event.type}))
         return 0
     secret = args.secret or os.environ.get(SECRET_ENV, "").split(",")[0].strip()
     if not secret:
@@ -131,17 +125,42 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 # -- sessions -----------------------------------------------------------------------------
 
 
-def _store(url: str) -> Any:
+def _store(url: str) -> Store:
+    """The writable store ``url`` names. A missing driver is a usage error (exit 2)
+    reported in one line naming the extra to install."""
     scheme = urlsplit(url).scheme.lower()
     if scheme in ("memory", "http", "https"):
         raise ValueError(f"--backend must be a SQL or Redis URL ({scheme}:// has no sessions)")
     Settings(backend=url)  # validates the scheme
-    from sessionmw.backends import backend_from_url
+    from sessionmw.backends import Store, backend_from_url
 
-    store = backend_from_url(url)
-    if not hasattr(store, "put"):
+    try:
+        store = backend_from_url(url)
+    except ImportError as exc:
+        raise ConfigError("backend", " ".join(str(exc).split())) from None
+    if not isinstance(store, Store):
         raise ValueError(f"--backend {scheme}:// cannot be managed from here")
     return store
+
+
+def _named_table(url: str) -> bool:
+    """Whether a SQL URL chooses its table with ``?table=``."""
+    return "table" in parse_qs(urlsplit(url).query, keep_blank_values=True)
+
+
+def _ensure_schema(store: Store, url: str, create: bool) -> None:
+    """Create the default table on first use; a table named with ``?table=`` is only
+    created when asked (``--create-schema``): a typo must not make a new table."""
+    missing = store.schema_missing()
+    if not missing:
+        return
+    if _named_table(url) and not create:
+        migrate = f"sessionmw sessions migrate --backend {shlex.quote(redact_url(url))}"
+        raise ValueError(
+            f"{', '.join(missing)} does not exist: run `{migrate}` first, or pass --create-schema"
+        )
+    for done in store.create_schema():
+        print(f"sessionmw: {done}", file=sys.stderr)
 
 
 def _record_json(record: SessionRecord) -> dict[str, Any]:
@@ -175,11 +194,24 @@ def cmd_sessions_create(args: argparse.Namespace) -> int:
     expires_at = None if args.ttl == 0 else now + args.ttl
     record = SessionRecord(session_id, args.user, SessionStatus.ACTIVE, expires_at, now, data)
     try:
-        store.create_schema()
+        _ensure_schema(store, args.backend, args.create_schema)
         store.put(record)
     finally:
         store.close()
     print(session_id)
+    return 0
+
+
+def cmd_sessions_migrate(args: argparse.Namespace) -> int:
+    store = _store(args.backend)
+    try:
+        done = store.create_schema()
+    finally:
+        store.close()
+    for line in done:
+        print(line)
+    if not done:
+        print("nothing to do: the schema is up to date")
     return 0
 
 
@@ -312,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sessions = commands.add_parser(
         "sessions",
-        help="create, list or revoke sessions in a SQL or Redis store",
+        help="create, list or revoke sessions in a SQL or Redis store, or migrate it",
         description="Manage sessions in the store that owns them (sqlite:///..., "
         "postgresql://..., redis://...).",
     )
@@ -332,6 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds until it expires (default 86400; 0: never)",
     )
     create.add_argument("--data", metavar="JSON", help="extra claims, a JSON object")
+    create.add_argument(
+        "--create-schema",
+        action="store_true",
+        help="create a table named with ?table= if it does not exist (the default "
+        "table is always created on first use)",
+    )
     create.set_defaults(func=cmd_sessions_create)
 
     listing = actions.add_parser("list", help="list sessions", description="List sessions.")
@@ -352,6 +390,18 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--session", metavar="ID", help="this session")
     target.add_argument("--user", metavar="ID", help="every session of this user")
     revoke_store.set_defaults(func=cmd_sessions_revoke)
+
+    migrate = actions.add_parser(
+        "migrate",
+        help="create or upgrade the store's schema (never drops anything)",
+        description="Create what the store is missing and print what was done: on SQL "
+        "the sessions table, or on an older table the columns last_seen and idp_sid "
+        "and the indexes on user_id and idp_sid; on Redis the per-user and idp-sid "
+        "sets of existing sessions and their hashes' expiry (one SCAN). Nothing is "
+        "ever dropped; running it again does nothing.",
+    )
+    migrate.add_argument("--backend", required=True, metavar="URL", help="the store's URL")
+    migrate.set_defaults(func=cmd_sessions_migrate)
     return parser
 
 

@@ -27,4 +27,9 @@ class InvalidPayload(SessionMWError, ValueError):
 
 
 class BusUnavailable(SessionMWError):
-    """The invalidation bus could not accept an event."""
+    """The invalidation bus could not accept an event (the store write before it, if
+    any, stands: calling again is safe)."""
+
+
+class ReadOnlyStore(SessionMWError):
+    """A ``Sessions`` write on a store the app does not own (an ``http`` auth service)."""

@@ -47,6 +47,10 @@ def _id(obj: Mapping[str, Any], key: str) -> str:
     value = obj.get(key)
     if not isinstance(value, str) or not value or len(value) > _MAX_ID:
         raise InvalidPayload(f"{key} must be a non-empty string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800"): no store or bus can hold it
+        raise InvalidPayload(f"{key} is not valid Unicode text") from None
     return value
 
 
@@ -57,8 +61,8 @@ def _before(value: Any) -> float | None:
         raise InvalidPayload("before must be a number")
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise InvalidPayload("before must be a number") from None
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidPayload("before must be a number of epoch seconds") from None
     if not math.isfinite(number):
         raise InvalidPayload("before must be finite")
     return number
@@ -90,6 +94,30 @@ def parse_batch(body: bytes) -> list[Event]:
     if not isinstance(events, list) or not 1 <= len(events) <= MAX_EVENTS:
         raise InvalidPayload(f"events must be a list of 1 to {MAX_EVENTS} events")
     return [parse_event(item) for item in events]
+
+
+def received(events: Sequence[Event], now: float) -> list[Event]:
+    """The batch as received at ``now`` (epoch seconds): a ``user_sessions_revoked``
+    without ``before``, or with one later than ``now``, revokes up to ``now``, so no
+    event can revoke logins that happen after it reached us."""
+    out: list[Event] = []
+    for event in events:
+        if isinstance(event, UserSessionsRevoked) and (event.before is None or event.before > now):
+            event = UserSessionsRevoked(event.user_id, now)
+        out.append(event)
+    return out
+
+
+def to_json(event: Event) -> dict[str, Any]:
+    """The event as the hook's JSON object."""
+    if isinstance(event, SessionRevoked):
+        return {"type": event.type, "session_id": event.session_id}
+    if isinstance(event, UserSessionsRevoked):
+        out: dict[str, Any] = {"type": event.type, "user_id": event.user_id}
+        if event.before is not None:
+            out["before"] = event.before
+        return out
+    return {"type": event.type}
 
 
 def to_fields(event: Event) -> dict[str, str]:

@@ -2,9 +2,14 @@
 
 A :class:`Gate` owns one configured cache, backend, bus and hook. Adapters ask it
 two things per request: is this request exempt (:meth:`Gate.exempt`), and what does
-this header value amount to (:meth:`Gate.check` / :meth:`Gate.acheck`): either the
-:class:`~sessionmw.SessionRecord` to hand to the app, or a :class:`Rejection` that
-the adapter turns into its framework's response.
+this header value amount to. The fast answer is :meth:`Gate.hit` (a cached, active,
+unexpired session); everything else goes through :meth:`Gate.check` /
+:meth:`Gate.acheck`, which return either the :class:`~sessionmw.SessionRecord` to
+hand to the app or an :class:`~sessionmw.answers.Answer` to send instead.
+
+The gate is also the bus's sink: it applies the events the bus reads, and owns the
+policy around them (re-check cached records while the bus is down, flush on a gap,
+the revocation-lag histogram).
 
 All adapters in one process that are configured alike share one gate
 (:func:`gate_for`), so they share one cache and one bus subscriber.
@@ -13,55 +18,71 @@ All adapters in one process that are configured alike share one gate
 from __future__ import annotations
 
 import inspect
-import json
-import os
 import re
 import threading
 import time
 import weakref
-from collections.abc import Iterable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
+from sessionmw import _fork
 from sessionmw._histogram import BACKEND_LATENCY_BUCKETS, REVOCATION_LAG_BUCKETS, Histogram
-from sessionmw._log import BACKEND_UNAVAILABLE, SESSION_REJECTED, get_logger, hash_id
+from sessionmw._log import SESSION_REJECTED, get_logger, hash_id
+from sessionmw.activity import ActivityFlusher
+from sessionmw.answers import INVALID, MISSING, UNAVAILABLE, Answer
 from sessionmw.backends import Backend, backend_from_url
 from sessionmw.bus import Bus, bus_from_url
 from sessionmw.cache import MISS, MemoryCache
-from sessionmw.errors import BackendUnavailable
+from sessionmw.errors import BackendUnavailable, ConfigError
 from sessionmw.events import Event, apply_event
 from sessionmw.hook import InvalidationHook
 from sessionmw.records import SessionRecord, SessionStatus
 from sessionmw.settings import Settings
+
+__all__ = [
+    "INVALID",
+    "MAX_ID_LENGTH",
+    "MISSING",
+    "UNAVAILABLE",
+    "Gate",
+    "exempt_matcher",
+    "forget_gates",
+    "gate_for",
+    "live_gates",
+]
 
 MAX_ID_LENGTH = 256
 _VALID_ID = re.compile(r"[A-Za-z0-9._~+/=-]{1,256}").fullmatch
 _ACTIVE = SessionStatus.ACTIVE
 
 
-class Rejection(NamedTuple):
-    """An answer the adapter sends instead of calling the app."""
+def exempt_matcher(prefixes: Iterable[str]) -> Callable[[str], bool] | None:
+    """A test for ``exempt_paths``, matched at segment boundaries (``None``: no paths).
 
-    status: int
-    body: bytes
-    headers: tuple[tuple[str, str], ...]
-    code: str
+    ``/healthz`` exempts ``/healthz`` and ``/healthz/...``, not ``/healthzz``; a prefix
+    ending in ``/`` exempts everything below it.
 
-    @property
-    def text(self) -> str:
-        return self.body.decode()
+    >>> match = exempt_matcher(["/healthz", "/static/"])
+    >>> [match(p) for p in ("/healthz", "/healthz/db", "/healthzz", "/static/a.css", "/static")]
+    [True, True, False, True, False]
+    """
+    exact: set[str] = set()
+    below: list[str] = []
+    for prefix in prefixes:
+        if prefix.endswith("/"):
+            below.append(prefix)
+        else:
+            exact.add(prefix)
+            below.append(prefix + "/")
+    if not below:
+        return None
+    starts = tuple(below)
+    frozen = frozenset(exact)
 
+    def match(path: str) -> bool:
+        return path in frozen or path.startswith(starts)
 
-def _rejection(status: int, code: str, *extra: tuple[str, str]) -> Rejection:
-    body = json.dumps({"error": code}).encode()
-    headers = (("content-type", "application/json"), *extra)
-    return Rejection(status, body, headers, code)
-
-
-_CHALLENGE = ("www-authenticate", "DeviceSession")
-MISSING = _rejection(401, "missing_session", _CHALLENGE)
-#: One answer for unknown, revoked, expired and malformed: the reason is only logged.
-INVALID = _rejection(401, "invalid_session", _CHALLENGE)
-UNAVAILABLE = _rejection(503, "session_backend_unavailable", ("retry-after", "1"))
+    return match
 
 
 class _TimedBackend:
@@ -126,28 +147,61 @@ class Gate:
             )
         )
         self.bus: Bus = bus_from_url(
-            settings.bus, stream=settings.stream, outage_ttl=settings.bus_outage_ttl
+            settings.bus, stream=settings.stream, timeout=settings.backend_timeout
         )
         self.hook = (
-            InvalidationHook(self, settings.invalidation_secret) if settings.hook_enabled else None
+            InvalidationHook(settings.invalidation_secret, apply=self.apply_events, bus=self.bus)
+            if settings.hook_enabled
+            else None
         )
+        #: Where this gate's hook is served (``None``: no hook). ``invalidation_route``
+        #: may move it; the middlewares read it per request.
         self.hook_path = settings.invalidation_path if self.hook else None
+        # Activity (SPEC section 11): recorded per request when there is a store to
+        # write last_seen to, or an idle timeout to enforce.
+        writable = callable(getattr(self.backend, "touch_many", None))
+        if settings.idle_timeout and not writable:
+            raise ConfigError(
+                "idle_timeout",
+                "needs a store sessionmw writes last_seen to (memory, SQL, Redis); an "
+                "auth service (http) must enforce idleness itself",
+            )
+        self.activity = (
+            ActivityFlusher(
+                self.cache,
+                self.backend,
+                touch_interval=settings.touch_interval,
+                idle_timeout=settings.idle_timeout,
+            )
+            if writable or settings.idle_timeout
+            else None
+        )
+        self.cache.track_activity = self.activity is not None
         self.header = settings.header.lower()
         self.exempt_methods = frozenset(settings.exempt_methods)
-        self.exempt_prefixes = tuple(settings.exempt_paths)
-        self.allowed = 0
+        self.exempt_path = exempt_matcher(settings.exempt_paths)
+        self._allowed = 0
         self.rejected: dict[str, int] = {}
         self.started = False
         self._start_lock = threading.Lock()
         self._log = get_logger()
-        _after_fork_hooks.add(self)
+        _GATES.add(self)
+        _fork.register(self)
+
+    def __repr__(self) -> str:
+        return f"<Gate backend={self.backend!r} bus={self.bus!r} cache={self.cache!r}>"
 
     # -- per request -------------------------------------------------------------
+
+    @property
+    def allowed(self) -> int:
+        """Requests let through (fast hits plus full checks)."""
+        return self._allowed + self.cache.allowed_hits
 
     def exempt(self, method: str, path: str) -> bool:
         """True when the request skips the session check (exempt method or path)."""
         return method in self.exempt_methods or (
-            bool(self.exempt_prefixes) and path.startswith(self.exempt_prefixes)
+            self.exempt_path is not None and self.exempt_path(path)
         )
 
     def hit(self, value: str | None) -> SessionRecord | None:
@@ -157,96 +211,129 @@ class Gate:
         the format check, so a hit proves the ID well-formed. On ``None`` the adapter
         calls :meth:`check` / :meth:`acheck`, which decide everything else.
         """
-        if value is None or len(value) > MAX_ID_LENGTH:
-            return None
-        record = self.cache.peek(value)
-        if (
-            record.__class__ is SessionRecord
-            and record.status is _ACTIVE
-            and ((expires_at := record.expires_at) is None or expires_at > time.time())
-        ):
-            self.allowed += 1
-            return record
-        return None
+        return None if value is None else self.cache.hit(value)
 
-    def check(self, value: str | None, *, repeated: bool = False) -> SessionRecord | Rejection:
+    def check(self, value: str | None, *, repeated: bool = False) -> SessionRecord | Answer:
         """Decide a request from its header value (sync adapters).
 
         ``value`` is the header's value (``None`` when absent); ``repeated`` is true
         when the header was sent more than once.
         """
         if value is None and not repeated:
-            return self._reject(MISSING, "missing")
+            return self.reject(MISSING, "missing")
         if repeated or not _VALID_ID(value):  # type: ignore[arg-type]
-            return self._reject(INVALID, "malformed")
+            return self.reject(INVALID, "malformed")
         assert value is not None
         record = self.cache.peek(value)
-        if record is MISS:
-            try:
+        fetched = record is MISS
+        try:
+            if record is MISS:
                 record = self.cache.lookup(value)
-            except BackendUnavailable:
-                return self._unavailable(value)
-        return self._verdict(value, record)
+            outcome = self._verdict(value, record)
+            if not isinstance(outcome, Answer) and self._idle(value):
+                if not fetched:  # what the store says now, before refusing
+                    self.cache.invalidate(value)
+                    outcome = self._verdict(value, self.cache.lookup(value))
+                if not isinstance(outcome, Answer) and self._idle(value):
+                    return self._refuse_idle(value)
+        except BackendUnavailable:
+            return self._unavailable()
+        return self._allow(value, outcome)
 
-    async def acheck(
-        self, value: str | None, *, repeated: bool = False
-    ) -> SessionRecord | Rejection:
+    async def acheck(self, value: str | None, *, repeated: bool = False) -> SessionRecord | Answer:
         """Like :meth:`check`, for async adapters: a miss never blocks the loop."""
         if value is None and not repeated:
-            return self._reject(MISSING, "missing")
+            return self.reject(MISSING, "missing")
         if repeated or not _VALID_ID(value):  # type: ignore[arg-type]
-            return self._reject(INVALID, "malformed")
+            return self.reject(INVALID, "malformed")
         assert value is not None
         record = self.cache.peek(value)
-        if record is MISS:
-            try:
+        fetched = record is MISS
+        try:
+            if record is MISS:
                 record = await self.cache.alookup(value)
-            except BackendUnavailable:
-                return self._unavailable(value)
-        return self._verdict(value, record)
+            outcome = self._verdict(value, record)
+            if not isinstance(outcome, Answer) and self._idle(value):
+                if not fetched:  # what the store says now, before refusing
+                    self.cache.invalidate(value)
+                    outcome = self._verdict(value, await self.cache.alookup(value))
+                if not isinstance(outcome, Answer) and self._idle(value):
+                    return self._refuse_idle(value)
+        except BackendUnavailable:
+            return self._unavailable()
+        return self._allow(value, outcome)
 
-    def _verdict(self, session_id: str, record: SessionRecord | None) -> SessionRecord | Rejection:
+    def _idle(self, session_id: str) -> bool:
+        return self.activity is not None and self.activity.idle(session_id)
+
+    def _refuse_idle(self, session_id: str) -> Answer:
+        # Idle is final, like expiry: refused here from now on without asking again.
+        self.cache.mark_revoked(session_id)
+        return self.reject(INVALID, "idle", session_id)
+
+    def _allow(self, session_id: str, outcome: SessionRecord | Answer) -> SessionRecord | Answer:
+        if isinstance(outcome, Answer):
+            return outcome
+        self._allowed += 1
+        if self.activity is not None:
+            self.cache.touch(session_id)
+        return outcome
+
+    def _verdict(self, session_id: str, record: SessionRecord | None) -> SessionRecord | Answer:
         if record is None:
-            return self._reject(INVALID, "unknown", session_id)
+            return self.reject(INVALID, "unknown", session_id)
         if record.status is not SessionStatus.ACTIVE:
-            return self._reject(INVALID, "revoked", session_id)
+            return self.reject(INVALID, "revoked", session_id)
         expires_at = record.expires_at
         if expires_at is not None and expires_at <= time.time():
-            return self._reject(INVALID, "expired", session_id)
-        self.allowed += 1
+            return self.reject(INVALID, "expired", session_id)
         return record
 
-    def _reject(
-        self, rejection: Rejection, reason: str, session_id: str | None = None
-    ) -> Rejection:
+    def reject(self, answer: Answer, reason: str, session_id: str | None = None) -> Answer:
+        """Count and log a refusal (``reason`` only in the log), and return ``answer``."""
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
         if session_id is None:
             self._log.info(SESSION_REJECTED, reason=reason)
         else:
             self._log.info(SESSION_REJECTED, reason=reason, session=hash_id(session_id))
-        return rejection
+        return answer
 
-    def _unavailable(self, session_id: str) -> Rejection:
+    def _unavailable(self) -> Answer:
+        # Counted here; logged once, with its cause, by the cache that saw it fail.
         self.rejected["backend_unavailable"] = self.rejected.get("backend_unavailable", 0) + 1
-        self._log.warning(BACKEND_UNAVAILABLE, session=hash_id(session_id))
         return UNAVAILABLE
 
     # -- invalidation ------------------------------------------------------------
 
-    def apply_event(self, event: Event, *, sent_at: float | None = None) -> None:
-        """Apply one event to this process's cache (the bus subscriber calls this).
-
-        ``sent_at`` (wall-clock epoch seconds, e.g. the time part of a Redis Stream
-        entry ID) feeds the revocation-lag histogram when the publisher's time is known.
-        """
+    def apply_event(self, event: Event) -> None:
+        """Apply one event to this process's cache."""
         apply_event(self.cache, event)
         self.events_applied[event.type] = self.events_applied.get(event.type, 0) + 1
-        if sent_at is not None:
-            self.revocation_lag.observe(time.time() - sent_at)
 
-    def apply_events(self, events: Iterable[Event], *, sent_at: float | None = None) -> None:
+    def apply_events(self, events: Sequence[Event]) -> None:
+        """Apply a batch to this process's cache (the hook and ``Sessions`` call this)."""
         for event in events:
-            self.apply_event(event, sent_at=sent_at)
+            self.apply_event(event)
+
+    # -- the bus's sink ------------------------------------------------------------
+
+    def bus_event(self, event: Event, sent_at: float | None) -> None:
+        """An event read from the bus (``sent_at``: the publisher's wall clock)."""
+        self.apply_event(event)
+        if sent_at is not None:
+            self.revocation_lag.observe(max(0.0, time.time() - sent_at))
+
+    def bus_connected(self) -> None:
+        self.cache.set_max_age(None)
+
+    def bus_disconnected(self) -> None:
+        # Events may be missed: cached records older than this are re-checked.
+        self.cache.set_max_age(self.settings.bus_outage_ttl)
+
+    def bus_gap(self, reason: str) -> None:
+        # Events this process never saw are gone: nothing cached can be trusted.
+        # (The bus has logged bus.gap_detected with its reason.)
+        self.cache.clear()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -256,7 +343,9 @@ class Gate:
             return
         with self._start_lock:
             if not self.started:
-                self.bus.start(self.cache, self.apply_event)
+                self.bus.start(self)
+                if self.activity is not None:
+                    self.activity.start()
                 self.started = True
 
     def stop(self) -> None:
@@ -265,6 +354,8 @@ class Gate:
             # Always ask the bus: a gate that never started may still hold a producer
             # connection opened by the hook.
             self.bus.stop()
+            if self.activity is not None:
+                self.activity.stop()  # writes what is pending: shutdown must not lose it
             self.started = False
 
     async def astop(self) -> None:
@@ -281,11 +372,13 @@ class Gate:
         if inspect.iscoroutinefunction(aclose):
             await aclose()
 
-    def _after_fork(self) -> None:
+    def _reset_after_fork(self) -> None:
         # The child inherits no running threads: start again lazily there.
         self._start_lock = threading.Lock()
         self.started = False
         self.bus.after_fork()
+        if self.activity is not None:
+            self.activity.after_fork()
         self.backend_latency._after_fork()
         self.revocation_lag._after_fork()
 
@@ -300,44 +393,44 @@ class Gate:
         }
 
 
-_after_fork_hooks: weakref.WeakSet[Gate] = weakref.WeakSet()
-
-
-def _reset_after_fork() -> None:
-    global _registry_lock
-    _registry_lock = threading.Lock()
-    for gate in list(_after_fork_hooks):
-        gate._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
+_GATES: weakref.WeakSet[Gate] = weakref.WeakSet()
 
 
 def live_gates() -> list[Gate]:
     """Every gate alive in this process (shared or not), for metrics exporters."""
-    return list(_after_fork_hooks)
+    return list(_GATES)
 
 
-_registry: dict[Settings, Gate] = {}
-_registry_lock = threading.Lock()
+class _Registry:
+    """The process-wide gates, one per distinct settings."""
+
+    def __init__(self) -> None:
+        self.gates: dict[Settings, Gate] = {}
+        self.lock = threading.Lock()
+        _fork.register(self)
+
+    def _reset_after_fork(self) -> None:
+        self.lock = threading.Lock()
+
+
+_registry = _Registry()
 
 
 def gate_for(settings: Settings) -> Gate:
     """The process-wide gate for these settings (one cache per configured gate)."""
-    gate = _registry.get(settings)
+    gate = _registry.gates.get(settings)
     if gate is None:
-        with _registry_lock:
-            gate = _registry.get(settings)
+        with _registry.lock:
+            gate = _registry.gates.get(settings)
             if gate is None:
-                gate = _registry[settings] = Gate(settings)
+                gate = _registry.gates[settings] = Gate(settings)
     return gate
 
 
 def forget_gates() -> None:
     """Stop and drop every shared gate (for tests and reloads)."""
-    with _registry_lock:
-        gates = list(_registry.values())
-        _registry.clear()
+    with _registry.lock:
+        gates = list(_registry.gates.values())
+        _registry.gates.clear()
     for gate in gates:
         gate.stop()

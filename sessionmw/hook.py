@@ -1,159 +1,193 @@
 """The signed invalidation hook, framework-free (SPEC section 8, hook).
 
-Adapters translate a request into "method, lower-cased headers, body bytes" and an
-:class:`HookResponse` back into their framework's response. The body must be read
-through :class:`BodyLimit` so a body larger than :data:`MAX_BODY` is refused before
-it is read whole or hashed.
+Adapters translate a request into "lower-cased headers, body bytes" (the body read
+through :class:`~sessionmw._body.BodyLimit`, so an oversized one is refused before
+it is read whole or hashed) and send back the :class:`~sessionmw.answers.Answer`
+that :meth:`InvalidationHook.handle` returns.
+
+The hook knows nothing of gates: it is given the function that applies a batch in
+this process and the bus that publishes it to the others (and remembers
+``webhook-id`` values through the bus's replay guard).
+
+Signatures are checked over the raw body bytes, as Standard Webhooks defines them
+(``v1,`` + base64 HMAC-SHA256 of ``"{id}.{timestamp}.{body}"``), so a signed body
+that is not UTF-8 is a payload problem (400), not a signature problem.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, NamedTuple
-
-from standardwebhooks.webhooks import Webhook
+import base64
+import binascii
+import hashlib
+import hmac
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from sessionmw._log import INVALIDATION_APPLIED, INVALIDATION_REJECTED, get_logger
-from sessionmw.errors import BusUnavailable, InvalidPayload
-from sessionmw.events import Event, describe, parse_batch
+from sessionmw.answers import (
+    BUS_UNAVAILABLE,
+    DUPLICATE,
+    INVALID_PAYLOAD,
+    INVALID_SIGNATURE,
+    Answer,
+    applied,
+)
+from sessionmw.errors import InvalidPayload
+from sessionmw.events import Event, describe, parse_batch, received
 
 if TYPE_CHECKING:
-    from sessionmw.gate import Gate
+    from sessionmw.replay import ReplayGuard
 
-MAX_BODY = 64 * 1024
+__all__ = ["TOLERANCE", "InvalidationHook", "Publisher", "secret_key"]
 
-_JSON = ("content-type", "application/json")
-
-
-class HookResponse(NamedTuple):
-    status: int
-    body: bytes
-    headers: tuple[tuple[str, str], ...] = (_JSON,)
-
-
-def _error(status: int, code: str, *extra: tuple[str, str]) -> HookResponse:
-    return HookResponse(status, json.dumps({"error": code}).encode(), (_JSON, *extra))
+#: Seconds a signature's timestamp may be off, both ways (Standard Webhooks: 5 minutes).
+TOLERANCE = 300
+#: Longest accepted ``webhook-id`` (Standard Webhooks IDs are short; the replay
+#: memory is bounded by count times this).
+MAX_WEBHOOK_ID = 256
+_MAX_SIGNATURES = 16
 
 
-METHOD_NOT_ALLOWED = _error(405, "method_not_allowed", ("allow", "POST"))
-TOO_LARGE = _error(413, "payload_too_large")
-INVALID_SIGNATURE = _error(401, "invalid_signature")
-INVALID_PAYLOAD = _error(400, "invalid_payload")
-BUS_UNAVAILABLE = _error(503, "bus_unavailable", ("retry-after", "1"))
-DUPLICATE = HookResponse(200, json.dumps({"applied": 0, "duplicate": True}).encode())
-
-
-class BodyLimit:
-    """Counts body bytes as they stream in; refuses a declared or actual excess.
-
-    >>> limit = BodyLimit("12")
-    >>> limit.refused, limit.feed(b"x" * 13)
-    (False, False)
-    """
-
-    __slots__ = ("_chunks", "_size", "limit", "refused")
-
-    def __init__(self, content_length: str | None, limit: int = MAX_BODY) -> None:
-        self.limit = limit
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self.refused = False
-        if content_length is not None:
-            text = content_length.strip()
-            # A Content-Length we cannot read is refused like an oversized one:
-            # the body's real size is unknowable without reading it.
-            if not text.isdigit() or int(text) > limit:
-                self.refused = True
-
-    def feed(self, chunk: bytes) -> bool:
-        """Add a chunk; False once the body is over the limit (stop reading then)."""
-        self._size += len(chunk)
-        if self._size > self.limit:
-            self.refused = True
-            self._chunks.clear()
-            return False
-        if chunk:
-            self._chunks.append(chunk)
-        return True
+class Publisher(Protocol):
+    """What the hook needs of a bus: publishing, and the replay guard."""
 
     @property
-    def body(self) -> bytes:
-        return b"".join(self._chunks)
+    def replay_guard(self) -> ReplayGuard: ...
+
+    def publish(self, events: Sequence[Event]) -> None: ...
+
+    async def apublish(self, events: Sequence[Event]) -> None: ...
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key of a ``whsec_`` secret (validated by Settings already)."""
+    body = secret.removeprefix("whsec_")
+    return base64.b64decode(body + "=" * (-len(body) % 4))
+
+
+def _v1_signatures(header: str) -> list[bytes]:
+    out: list[bytes] = []
+    for item in header.split(" ")[:_MAX_SIGNATURES]:
+        version, _, encoded = item.partition(",")
+        if version != "v1":
+            continue
+        try:
+            out.append(base64.b64decode(encoded, validate=True))
+        except (binascii.Error, ValueError):
+            continue
+    return out
 
 
 class InvalidationHook:
-    """Verifies a signed batch, drops replays, applies and publishes the events."""
+    """Verifies a signed batch, drops replays, applies and publishes the events.
 
-    def __init__(self, gate: Gate, secrets: Sequence[str]) -> None:
-        self._gate = gate
-        self._verifiers = [Webhook(secret) for secret in secrets]
+    ``secrets``: the ``whsec_`` secrets any of which may sign. ``apply``: applies a
+    validated batch to this process's cache. ``bus``: publishes the batch to every
+    other process and holds the replay guard. ``clock``: wall-clock seconds.
+    """
+
+    def __init__(
+        self,
+        secrets: Sequence[str],
+        *,
+        apply: Callable[[Sequence[Event]], None],
+        bus: Publisher,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._keys = [secret_key(secret) for secret in secrets]
+        self._apply = apply
+        self._bus = bus
+        self._clock = clock
         self._log = get_logger()
 
-    def _verified(self, headers: Mapping[str, str], body: bytes) -> bool:
-        wanted = {
-            name: headers.get(name, "")
-            for name in ("webhook-id", "webhook-timestamp", "webhook-signature")
-        }
-        for verifier in self._verifiers:
-            try:
-                verifier.verify(body, wanted, json_parse=False)
-            except Exception:  # noqa: S112 - every failure of the package means "not signed by this secret"
-                continue
-            return True
+    # -- verification ------------------------------------------------------------
+
+    def _verified(self, headers: Mapping[str, str], body: bytes, now: float) -> bool:
+        webhook_id = headers.get("webhook-id", "")
+        timestamp = headers.get("webhook-timestamp", "")
+        signature = headers.get("webhook-signature", "")
+        if not (webhook_id and signature) or len(webhook_id) > MAX_WEBHOOK_ID:
+            return False
+        # A plain decimal of sane length: no signs, spaces, exponents or other digits.
+        if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
+            return False
+        if abs(int(timestamp) - now) > TOLERANCE:
+            return False
+        try:
+            prefix = f"{webhook_id}.{timestamp}.".encode()
+        except UnicodeEncodeError:  # a lone surrogate in the ID: nobody signed that
+            return False
+        candidates = _v1_signatures(signature)
+        for key in self._keys:
+            expected = hmac.new(key, prefix + body, hashlib.sha256).digest()
+            for candidate in candidates:
+                if hmac.compare_digest(expected, candidate):
+                    return True
         return False
 
-    def _check(self, headers: Mapping[str, str], body: bytes) -> HookResponse | list[Event]:
-        if not self._verified(headers, body):
+    def _check(self, headers: Mapping[str, str], body: bytes) -> Answer | list[Event]:
+        now = self._clock()
+        if not self._verified(headers, body, now):
             self._log.warning(INVALIDATION_REJECTED, reason="invalid_signature")
             return INVALID_SIGNATURE
         try:
-            return parse_batch(body)
+            return received(parse_batch(body), now)
         except InvalidPayload as exc:
             self._log.warning(INVALIDATION_REJECTED, reason="invalid_payload", problem=str(exc))
             return INVALID_PAYLOAD
 
-    def _duplicate(self) -> HookResponse:
+    # -- outcomes ----------------------------------------------------------------
+
+    def _duplicate(self) -> Answer:
         self._log.info(INVALIDATION_REJECTED, reason="duplicate")
         return DUPLICATE
 
-    def _applied(self, events: list[Event]) -> HookResponse:
+    def _applied(self, events: list[Event]) -> Answer:
         self._log.info(INVALIDATION_APPLIED, source="hook", events=describe(events))
-        return HookResponse(200, json.dumps({"applied": len(events)}).encode())
+        return applied(len(events))
 
-    def _unpublished(self) -> HookResponse:
-        self._log.error(INVALIDATION_REJECTED, reason="bus_unavailable")
+    def _unpublished(self, exc: BaseException) -> Answer:
+        self._log.error(INVALIDATION_REJECTED, reason="bus_unavailable", error=type(exc).__name__)
         return BUS_UNAVAILABLE
 
-    def handle(self, headers: Mapping[str, str], body: bytes) -> HookResponse:
+    # -- entry points ------------------------------------------------------------
+
+    def handle(self, headers: Mapping[str, str], body: bytes) -> Answer:
         """Process a POST whose body was read within the limit (sync adapters)."""
         events = self._check(headers, body)
-        if isinstance(events, HookResponse):
+        if isinstance(events, Answer):
             return events
-        guard, webhook_id = self._gate.bus.replay_guard, headers["webhook-id"]
+        guard, webhook_id = self._bus.replay_guard, headers["webhook-id"]
         try:
             if not guard.claim(webhook_id):
                 return self._duplicate()
-            self._gate.apply_events(events)
-            self._gate.bus.publish(events)
-        except BusUnavailable:
+        except Exception as exc:  # the guard's store is down: the producer retries
+            return self._unpublished(exc)
+        try:
+            self._apply(events)
+            self._bus.publish(events)
+        except Exception as exc:
             # Not delivered everywhere: forget the ID so the producer's retry is applied.
             guard.release(webhook_id)
-            return self._unpublished()
+            return self._unpublished(exc)
         return self._applied(events)
 
-    async def ahandle(self, headers: Mapping[str, str], body: bytes) -> HookResponse:
+    async def ahandle(self, headers: Mapping[str, str], body: bytes) -> Answer:
         """Process a POST whose body was read within the limit (async adapters)."""
         events = self._check(headers, body)
-        if isinstance(events, HookResponse):
+        if isinstance(events, Answer):
             return events
-        guard, webhook_id = self._gate.bus.replay_guard, headers["webhook-id"]
+        guard, webhook_id = self._bus.replay_guard, headers["webhook-id"]
         try:
             if not await guard.aclaim(webhook_id):
                 return self._duplicate()
-            self._gate.apply_events(events)
-            await self._gate.bus.apublish(events)
-        except BusUnavailable:
+        except Exception as exc:
+            return self._unpublished(exc)
+        try:
+            self._apply(events)
+            await self._bus.apublish(events)
+        except Exception as exc:
             await guard.arelease(webhook_id)
-            return self._unpublished()
+            return self._unpublished(exc)
         return self._applied(events)

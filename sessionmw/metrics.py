@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from sessionmw._compat import require_extra
@@ -46,9 +46,6 @@ with require_extra("prometheus_client", "prometheus", feature="sessionmw.metrics
 from sessionmw._histogram import Snapshot
 from sessionmw._version import __version__
 from sessionmw.gate import Gate, live_gates
-
-if TYPE_CHECKING:
-    from sessionmw._histogram import Histogram
 
 __all__ = ["REJECTION_REASONS", "SessionGateCollector", "gate_name", "register_metrics"]
 
@@ -139,9 +136,6 @@ class _Totals:
         self.reconnects += int(bus_stats.get("reconnects", 0))
         self.latency.append(gate.backend_latency.snapshot())
         self.lag.append(gate.revocation_lag.snapshot())
-        bus_lag: Histogram | None = getattr(gate.bus, "lag_histogram", None)
-        if bus_lag is not None:
-            self.lag.append(bus_lag.snapshot())
 
 
 def _bus_stats(bus: object) -> Mapping[str, Any]:

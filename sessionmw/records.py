@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -13,6 +13,15 @@ from typing import Any
 from sessionmw._log import BACKEND_MALFORMED, get_logger, hash_id
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+#: 3000-01-01T00:00:00Z in epoch seconds. A stored time after it is malformed: it is
+#: almost certainly milliseconds written by mistake, which would otherwise make a
+#: session that never expires.
+MAX_EPOCH = 32503680000.0
+
+#: The epoch-seconds fields a store may hold (``last_seen``: section 11); each one
+#: present is checked by :func:`build_record`, even those the record does not keep.
+TIME_FIELDS = ("expires_at", "issued_at", "last_seen")
 
 
 class SessionStatus(str, enum.Enum):
@@ -46,11 +55,34 @@ class SessionRecord:
         return self.expires_at is not None and self.expires_at <= now
 
 
+@dataclass(frozen=True, slots=True)
+class StoredSession(SessionRecord):
+    """A session as the store holds it (SPEC section 11): the record plus
+    ``last_seen`` (epoch seconds of the last request the store heard of) and
+    ``idp_sid`` (the identity provider's session it was created for, if any).
+
+    What ``Sessions.create``, ``get`` and ``list`` return; the cache keeps plain
+    :class:`SessionRecord` objects, so its memory per entry does not grow.
+    """
+
+    last_seen: float | None = None
+    idp_sid: str | None = None
+
+    def record(self) -> SessionRecord:
+        """The plain record (what the cache holds and the middlewares attach)."""
+        return SessionRecord(
+            self.session_id, self.user_id, self.status, self.expires_at, self.issued_at, self.data
+        )
+
+
 class MalformedRecord(ValueError):
     """A stored row or document could not be turned into a :class:`SessionRecord`."""
 
 
-def _opt_time(raw: Mapping[str, Any], key: str) -> float | None:
+def epoch_time(raw: Mapping[str, Any], key: str) -> float | None:
+    """``raw[key]`` as epoch seconds, ``None`` when absent or empty; raises
+    :class:`MalformedRecord` for a non-number, a non-finite number or a time after
+    3000-01-01 (:data:`MAX_EPOCH`, the problem then says it looks like milliseconds)."""
     value = raw.get(key)
     if value is None or value == "":
         return None
@@ -62,6 +94,10 @@ def _opt_time(raw: Mapping[str, Any], key: str) -> float | None:
         raise MalformedRecord(f"{key} is not a number") from None
     if not math.isfinite(number):
         raise MalformedRecord(f"{key} is not finite")
+    if number > MAX_EPOCH:
+        raise MalformedRecord(
+            f"{key} is after 3000-01-01: it looks like milliseconds, not epoch seconds"
+        )
     return number
 
 
@@ -78,8 +114,9 @@ def _data(value: Any) -> Mapping[str, Any]:
     return MappingProxyType(dict(value))
 
 
-def build_record(session_id: str, raw: Mapping[Any, Any]) -> SessionRecord:
-    """Build a record from a mapping of stored fields; raises :class:`MalformedRecord`.
+def build_stored(session_id: str, raw: Mapping[Any, Any]) -> StoredSession:
+    """Build a :class:`StoredSession` from a mapping of stored fields (``last_seen``
+    and ``idp_sid`` optional); raises :class:`MalformedRecord`.
 
     Values may be ``str`` or ``bytes`` (Redis hashes) or native JSON types.
     """
@@ -98,13 +135,37 @@ def build_record(session_id: str, raw: Mapping[Any, Any]) -> SessionRecord:
         parsed_status = SessionStatus(status)
     except ValueError:
         raise MalformedRecord("status is neither 'active' nor 'revoked'") from None
-    return SessionRecord(
+    times = {key: epoch_time(fields, key) for key in TIME_FIELDS}
+    idp_sid = fields.get("idp_sid")
+    if idp_sid == "":
+        idp_sid = None
+    if idp_sid is not None and not isinstance(idp_sid, str):
+        raise MalformedRecord("idp_sid is not a string")
+    return StoredSession(
         session_id=session_id,
         user_id=user_id,
         status=parsed_status,
-        expires_at=_opt_time(fields, "expires_at"),
-        issued_at=_opt_time(fields, "issued_at"),
+        expires_at=times["expires_at"],
+        issued_at=times["issued_at"],
         data=_data(fields.get("data")),
+        last_seen=times["last_seen"],
+        idp_sid=idp_sid,
+    )
+
+
+def build_record(session_id: str, raw: Mapping[Any, Any]) -> SessionRecord:
+    """Build a plain record from a mapping of stored fields; raises
+    :class:`MalformedRecord` (every field a store may hold is checked, ``last_seen``
+    and ``idp_sid`` included, though the record does not keep them).
+
+    Values may be ``str`` or ``bytes`` (Redis hashes) or native JSON types.
+    """
+    return build_stored(session_id, raw).record()
+
+
+def _malformed(session_id: str, exc: MalformedRecord, source: str) -> None:
+    get_logger().warning(
+        BACKEND_MALFORMED, backend=source, session=hash_id(session_id), problem=str(exc)
     )
 
 
@@ -113,7 +174,38 @@ def record_or_none(session_id: str, raw: Mapping[Any, Any], *, source: str) -> S
     try:
         return build_record(session_id, raw)
     except MalformedRecord as exc:
-        get_logger().warning(
-            BACKEND_MALFORMED, backend=source, session=hash_id(session_id), problem=str(exc)
-        )
+        _malformed(session_id, exc, source)
         return None
+
+
+def stored_or_none(session_id: str, raw: Mapping[Any, Any], *, source: str) -> StoredSession | None:
+    """Like :func:`build_stored`, but a malformed record is logged and read as unknown."""
+    try:
+        return build_stored(session_id, raw)
+    except MalformedRecord as exc:
+        _malformed(session_id, exc, source)
+        return None
+
+
+def lookup_answer(stored: StoredSession | None) -> SessionRecord | None:
+    """What a store's ``lookup`` returns for what it holds: the :class:`StoredSession`
+    when it carries ``last_seen`` or ``idp_sid``, else the plain record (a row of an
+    older layout, or one written without them, reads as it always did)."""
+    if stored is None:
+        return None
+    if stored.last_seen is None and stored.idp_sid is None:
+        return stored.record()
+    return stored
+
+
+def latest_touches(items: Iterable[tuple[str, float]]) -> dict[str, float]:
+    """``touch_many`` items as one epoch time per session (the latest given);
+    ``ValueError`` for a time that is not finite or after 3000-01-01."""
+    latest: dict[str, float] = {}
+    for session_id, seen in items:
+        value = float(seen)
+        if not math.isfinite(value) or value > MAX_EPOCH:
+            raise ValueError("last_seen must be finite epoch seconds before 3000-01-01")
+        if latest.get(session_id, -math.inf) < value:
+            latest[session_id] = value
+    return latest

@@ -1,12 +1,28 @@
-"""Remembering ``webhook-id`` values so a retried hook call is applied once."""
+"""Remembering ``webhook-id`` values so a retried hook call is applied once.
+
+The in-process guard keeps a 16-byte digest per ID (not the ID itself), so its
+memory is bounded by count alone: at most ``max_ids`` entries of fixed size (about
+120 bytes each, 12 MB at the default 100,000). When full, the oldest IDs are
+forgotten before their window ends; a producer's retry of such an old call is then
+applied again, which is harmless: every event is idempotent (revoking twice, or
+flushing twice, ends in the same state).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
+
+__all__ = ["LocalReplayGuard", "ReplayGuard", "digest"]
+
+
+def digest(webhook_id: str) -> bytes:
+    """A fixed-size stand-in for an ID of any length."""
+    return hashlib.sha256(webhook_id.encode("utf-8", "surrogatepass")).digest()[:16]
 
 
 class ReplayGuard(Protocol):
@@ -37,10 +53,14 @@ class LocalReplayGuard:
         self._window = window
         self._max = max_ids
         self._clock = clock
-        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._seen: OrderedDict[bytes, float] = OrderedDict()
         self._lock = threading.Lock()
 
+    def __len__(self) -> int:
+        return len(self._seen)
+
     def claim(self, webhook_id: str) -> bool:
+        key = digest(webhook_id)
         now = self._clock()
         with self._lock:
             seen = self._seen
@@ -49,16 +69,16 @@ class LocalReplayGuard:
                 if expiry > now and len(seen) < self._max:
                     break
                 del seen[oldest]
-            previous = seen.get(webhook_id)
+            previous = seen.get(key)
             if previous is not None and previous > now:
                 return False
-            seen[webhook_id] = now + self._window
-            seen.move_to_end(webhook_id)
+            seen[key] = now + self._window
+            seen.move_to_end(key)
             return True
 
     def release(self, webhook_id: str) -> None:
         with self._lock:
-            self._seen.pop(webhook_id, None)
+            self._seen.pop(digest(webhook_id), None)
 
     async def aclaim(self, webhook_id: str) -> bool:
         return self.claim(webhook_id)

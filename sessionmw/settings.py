@@ -3,25 +3,54 @@
 from __future__ import annotations
 
 import base64
+import difflib
+import functools
 import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 from sessionmw.errors import ConfigError
 
 ENV_PREFIX = "SESSIONMW_"
 
-#: URL schemes accepted for ``backend`` (SQL: any SQLAlchemy dialect, optionally ``+driver``).
-BACKEND_SCHEMES = frozenset({"memory", "redis", "rediss", "unix", "http", "https"})
 SQL_DIALECTS = frozenset(
     {"sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql", "cockroachdb"}
 )
-BUS_SCHEMES = frozenset({"local", "redis", "rediss", "unix"})
+_REDIS = {"redis": "redis", "rediss": "redis", "unix": "redis"}
+#: The one table of URL schemes: for each URL setting, scheme -> the kind of store or
+#: bus that serves it. SQL URLs also match by dialect (``postgresql+psycopg``).
+SCHEMES: dict[str, dict[str, str]] = {
+    "backend": {"memory": "memory", "http": "http", "https": "http", **_REDIS},
+    "bus": {"local": "local", **_REDIS},
+}
+_SQL_SETTINGS = frozenset({"backend"})
 
+
+def scheme_kind(key: str, url: str) -> str:
+    """The kind serving ``url`` for setting ``key`` (``"redis"``, ``"sql"``, ...).
+
+    >>> scheme_kind("backend", "postgresql+psycopg://db/app")
+    'sql'
+
+    Raises :class:`ConfigError` naming ``key`` for an unsupported scheme.
+    """
+    scheme = urlsplit(url.strip()).scheme.lower()
+    if not scheme:
+        raise ConfigError(key, "expected a URL (scheme://...)")
+    kind = SCHEMES[key].get(scheme)
+    if kind is None and key in _SQL_SETTINGS and scheme.split("+", 1)[0] in SQL_DIALECTS:
+        kind = "sql"
+    if kind is None:
+        known = sorted(SCHEMES[key]) + (["<sqlalchemy dialect>"] if key in _SQL_SETTINGS else [])
+        raise ConfigError(key, f"unsupported URL scheme {scheme!r} (one of {', '.join(known)})")
+    return kind
+
+
+_SECRET_KEYS = frozenset({"invalidation_secret"})
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
@@ -68,18 +97,10 @@ def _str_list(key: str, value: Any) -> tuple[str, ...]:
     raise ConfigError(key, f"expected a list of strings, got {type(value).__name__}")
 
 
-def _scheme(url: str) -> str:
-    return urlsplit(url).scheme.lower()
-
-
 def _check_backend(value: Any) -> Any:
     if isinstance(value, str):
-        scheme = _scheme(value.strip())
-        if not scheme:
-            raise ConfigError("backend", f"not a URL: {value!r}")
-        if scheme in BACKEND_SCHEMES or scheme.split("+", 1)[0] in SQL_DIALECTS:
-            return value.strip()
-        raise ConfigError("backend", f"unsupported URL scheme {scheme!r}")
+        scheme_kind("backend", value)
+        return value.strip()
     if callable(getattr(value, "lookup", None)) and callable(getattr(value, "alookup", None)):
         return value
     raise ConfigError("backend", "expected a URL or an object with lookup() and alookup()")
@@ -128,8 +149,9 @@ def _check_header(value: Any) -> str:
 
 
 def _check_bus(value: Any) -> str:
-    if not isinstance(value, str) or _scheme(value.strip()) not in BUS_SCHEMES:
-        raise ConfigError("bus", f"expected local:// or redis://host:port/db, got {value!r}")
+    if not isinstance(value, str):
+        raise ConfigError("bus", f"expected a URL (local:// or redis://...), got {value!r}")
+    scheme_kind("bus", value)
     return value.strip()
 
 
@@ -160,10 +182,63 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "bus": _check_bus,
     "stream": _check_stream,
     "bus_outage_ttl": _num("bus_outage_ttl"),
+    "session_lifetime": _num("session_lifetime"),
+    "idle_timeout": _num("idle_timeout"),
+    "touch_interval": _num("touch_interval", strict=True),
+    "max_sessions_per_user": _num("max_sessions_per_user", integer=True),
 }
 
 
-@dataclass(frozen=True)
+def redact_url(url: str) -> str:
+    """``url`` with its password (and any ``password=`` query value) masked.
+
+    >>> redact_url("postgresql://app:s3cret@db/app?sslpassword=x&table=t")
+    'postgresql://app:***@db/app?sslpassword=***&table=t'
+    """
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        netloc = f"{user}{':***' if colon else ''}@{host}"
+    query = re.sub(r"((?:^|&)[^=&]*pass[^=&]*=)[^&]*", r"\1***", parts.query, flags=re.I)
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    return parts._replace(netloc=netloc, query=query).geturl()
+
+
+def unknown_key(key: str, known: Iterable[str], *, name: str | None = None) -> ConfigError:
+    """The error for a misspelt setting, suggesting the closest valid key."""
+    close = difflib.get_close_matches(key.lower(), list(known), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else " (check the spelling)"
+    return ConfigError(name or key, "unknown setting" + hint)
+
+
+class SettingsKeywords(TypedDict, total=False):
+    """The settings as keyword arguments (adapters take ``**Unpack[SettingsKeywords]``,
+    so a type checker flags a misspelt key; at run time it is a ConfigError)."""
+
+    header: str
+    backend: Any
+    max_entries: int
+    ttl: float
+    negative_ttl: float
+    stale_if_error: float
+    backend_timeout: float
+    exempt_paths: Iterable[str] | str
+    exempt_methods: Iterable[str] | str
+    invalidation_path: str
+    invalidation_secret: Iterable[str] | str
+    bus: str
+    stream: str
+    bus_outage_ttl: float
+    session_lifetime: float
+    idle_timeout: float
+    touch_interval: float
+    max_sessions_per_user: int
+
+
+@dataclass(frozen=True, repr=False)
 class Settings:
     """Validated settings of one gate. Every key of SPEC section 4 is an attribute.
 
@@ -188,10 +263,32 @@ class Settings:
     bus: str = "local://"
     stream: str = "sessionmw:invalidations"
     bus_outage_ttl: float = 5.0
+    session_lifetime: float = 2592000.0
+    idle_timeout: float = 0.0
+    touch_interval: float = 60.0
+    max_sessions_per_user: int = 0
 
     def __post_init__(self) -> None:
         for name, check in _VALIDATORS.items():
             object.__setattr__(self, name, check(getattr(self, name)))
+        if self.idle_timeout and self.touch_interval >= self.idle_timeout:
+            raise ConfigError(
+                "touch_interval",
+                f"must be below idle_timeout ({self.idle_timeout:g}), got "
+                f"{self.touch_interval:g}: activity would reach the store too late",
+            )
+
+    def __repr__(self) -> str:
+        # Secrets never appear: not in reprs, error pages or framework debug views.
+        shown = []
+        for key in self.keys():
+            value = getattr(self, key)
+            if key in _SECRET_KEYS and value:
+                value = f"<{len(value)} secret(s)>"
+            elif isinstance(value, str) and "://" in value:
+                value = redact_url(value)
+            shown.append(f"{key}={value!r}")
+        return f"Settings({', '.join(shown)})"
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:
@@ -206,7 +303,7 @@ class Settings:
         for raw_key, value in mapping.items():
             key = str(raw_key).lower()
             if key not in known:
-                raise ConfigError(str(raw_key), "unknown setting")
+                raise unknown_key(str(raw_key), known)
             values[key] = value
         return cls(**values)
 
@@ -223,7 +320,7 @@ class Settings:
                 continue
             key = name[len(prefix) :].lower()
             if key not in known:
-                raise ConfigError(name, "unknown setting (check the spelling)")
+                raise unknown_key(key, known, name=name)
             values[key] = value
         return cls(**values)
 
@@ -231,7 +328,10 @@ class Settings:
     def coerce(
         cls, settings: Settings | Mapping[str, Any] | None = None, **kwargs: Any
     ) -> Settings:
-        """What adapters accept: a ``Settings``, a mapping, keywords, or a mix."""
+        """What adapters accept: a ``Settings``, a mapping, keywords, or a mix.
+
+        A keyword given as ``None`` counts as not given."""
+        kwargs = {key: value for key, value in kwargs.items() if value is not None}
         if settings is None:
             return cls.from_mapping(kwargs)
         base = settings if isinstance(settings, Settings) else cls.from_mapping(settings)
@@ -241,9 +341,27 @@ class Settings:
         """A copy with some keys changed (validated like any other)."""
         unknown = set(changes) - set(self.keys())
         if unknown:
-            raise ConfigError(sorted(unknown)[0], "unknown setting")
+            raise unknown_key(sorted(unknown)[0], self.keys())
         return replace(self, **changes)
 
     @property
     def hook_enabled(self) -> bool:
         return bool(self.invalidation_secret)
+
+
+def _checked_init(init: Callable[..., None]) -> Callable[..., None]:
+    """The dataclass's ``__init__``, answering a misspelt keyword with the same
+    ConfigError (and suggestion) as every other way of giving settings."""
+
+    @functools.wraps(init)
+    def __init__(self: Settings, *args: Any, **kwargs: Any) -> None:
+        for key in kwargs:
+            if key not in _KEYS:
+                raise unknown_key(key, _KEYS)
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
+_KEYS = Settings.keys()
+Settings.__init__ = _checked_init(Settings.__init__)  # type: ignore[method-assign]

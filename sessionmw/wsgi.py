@@ -31,20 +31,37 @@ with require_extra("werkzeug", "wsgi", feature="sessionmw.wsgi"):
     from werkzeug.wrappers import Response
 
 from sessionmw._environ import environ_key, serve_hook
-from sessionmw.gate import INVALID, MISSING, UNAVAILABLE, Gate, Rejection, gate_for
-from sessionmw.hook import HookResponse
-from sessionmw.settings import Settings
+from sessionmw.answers import INVALID, MISSING, UNAVAILABLE, Answer
+from sessionmw.gate import Gate, gate_for
+from sessionmw.records import SessionStatus
+from sessionmw.settings import Settings, SettingsKeywords
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from typing_extensions import Unpack
 
-__all__ = ["ENVIRON_KEY", "DeviceSessionMiddleware"]
+    from sessionmw.sessions import Sessions
+
+__all__ = ["ENVIRON_KEY", "SESSIONS_KEY", "DeviceSessionMiddleware", "sessions"]
+
+_ACTIVE = SessionStatus.ACTIVE
 
 #: Where the record of a valid session is stored in the environ.
 ENVIRON_KEY = "sessionmw.session"
+#: Where every request's environ gets the gate's :class:`~sessionmw.Sessions`.
+SESSIONS_KEY = "sessionmw.sessions"
 
 
-def _response(answer: Rejection | HookResponse) -> Response:
+def sessions(environ: Mapping[str, Any]) -> Sessions:
+    """The :class:`~sessionmw.Sessions` of the middleware that handled this request
+    (exempt requests included)."""
+    found = environ.get(SESSIONS_KEY)
+    if found is None:
+        raise LookupError("this request did not pass through sessionmw's WSGI middleware")
+    return found  # type: ignore[no-any-return]
+
+
+def _response(answer: Answer) -> Response:
     return Response(answer.body, status=answer.status, headers=list(answer.headers))
 
 
@@ -53,53 +70,90 @@ class DeviceSessionMiddleware:
 
     ``settings`` is a :class:`~sessionmw.Settings` or a mapping of setting names;
     keyword arguments (any key of SPEC section 4) override it. Bad configuration
-    raises :class:`~sessionmw.ConfigError` here, at start-up. Middlewares configured
-    alike share one gate (cache, bus subscriber) per process, also with the other
-    adapters. Safe to build before a pre-forking server forks: the bus subscriber
-    starts on the first request in each worker.
+    raises :class:`~sessionmw.ConfigError` here, at start-up, naming the key (and the
+    closest valid one for a misspelt key). Middlewares configured alike share one
+    gate (cache, bus subscriber) per process, also with the other adapters. Safe to
+    build before a pre-forking server forks: the bus subscriber starts on the first
+    request in each worker.
     """
 
     def __init__(
         self,
         app: WSGIApplication,
         settings: Settings | Mapping[str, Any] | None = None,
-        **kwargs: Any,
+        **keywords: Unpack[SettingsKeywords],
     ) -> None:
         self.app = app
-        self.settings = Settings.coerce(settings, **kwargs)
+        self.settings = Settings.coerce(settings, **keywords)
         self.gate: Gate = gate_for(self.settings)
+        from sessionmw.sessions import Sessions
+
+        self.sessions = Sessions(self.gate)
         # Everything the request path needs, bound once.
         self._key = environ_key(self.gate.header)
-        self._hook_path = self.gate.hook_path
         self._exempt_methods = self.gate.exempt_methods
-        self._exempt_prefixes = self.gate.exempt_prefixes or None
-        self._hit = self.gate.hit
+        self._exempt_path = self.gate.exempt_path
+        self._cache = self.gate.cache
+        # The dict the hit path records requests in (None: activity is not tracked).
+        self._activity = None if self.gate.activity is None else self.gate.cache._activity
         self._check = self.gate.check
-        # Rejections are few and fixed: build their WSGI responses once.
-        self._answers: dict[Rejection, Response] = {
-            rejection: _response(rejection) for rejection in (MISSING, INVALID, UNAVAILABLE)
+        # Refusals are few and fixed: build their WSGI responses once.
+        self._answers: dict[Answer, Response] = {
+            answer: _response(answer) for answer in (MISSING, INVALID, UNAVAILABLE)
         }
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         gate = self.gate
         if not gate.started:
             gate.start()
-        path = environ.get("PATH_INFO", "")
-        if path == self._hook_path:
+        environ[SESSIONS_KEY] = self.sessions
+        hook_path = gate.hook_path
+        if hook_path is not None and environ.get("PATH_INFO") == hook_path:
             return self._hook(environ, start_response)
+        # The hit, inlined (MemoryCache.hit is the reference: keep the two
+        # alike): fresh, active, unexpired, with no format check (the cache only holds
+        # IDs that passed it). Exempt methods and paths are decided on the full path:
+        # a valid cached session passes either way.
+        try:
+            value = environ[self._key]
+            entry = self._cache._data[value]
+        except KeyError:  # no header, or not cached
+            return self._full(environ, start_response, environ.get(self._key))
+        else:
+            cache = self._cache
+            now = cache._clock()
+            if now - entry.fetched < cache._pos_fresh:
+                record = entry.record
+                if (
+                    record is not None
+                    and record.status is _ACTIVE
+                    and (
+                        (expires := record.expires_at) is None or expires > now + cache._wall_offset
+                    )
+                ):
+                    entry.ref = True
+                    cache._allowed_hits += 1
+                    activity = self._activity
+                    if activity is not None:
+                        activity[value] = now
+                    environ[ENVIRON_KEY] = record
+                    return self.app(environ, start_response)
+        return self._full(environ, start_response, value)
+
+    def _full(
+        self, environ: WSGIEnvironment, start_response: StartResponse, value: str | None
+    ) -> Iterable[bytes]:
+        """Everything but a hit: an exempt request, a missing header, a miss, a refusal
+        (with its log line), a backend that is down. The gate decides."""
         if environ.get("REQUEST_METHOD") in self._exempt_methods or (
-            self._exempt_prefixes is not None and path.startswith(self._exempt_prefixes)
+            self._exempt_path is not None and self._exempt_path(environ.get("PATH_INFO", ""))
         ):
             return self.app(environ, start_response)
-        value = environ.get(self._key)
-        record = self._hit(value)
-        if record is None:
-            outcome = self._check(value)
-            if isinstance(outcome, Rejection):
-                answer = self._answers.get(outcome) or _response(outcome)
-                return answer(environ, start_response)
-            record = outcome
-        environ[ENVIRON_KEY] = record
+        outcome = self._check(value)
+        if isinstance(outcome, Answer):
+            answer = self._answers.get(outcome) or _response(outcome)
+            return answer(environ, start_response)
+        environ[ENVIRON_KEY] = outcome
         return self.app(environ, start_response)
 
     def _hook(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:

@@ -11,7 +11,10 @@ these checks two callables:
 :data:`SIGNED_CASES` are stateless (each builds its own request); the ``check_*``
 functions are stateful scenarios. Method and streaming checks (405, chunked 413)
 depend on how a framework is driven, so adapters write those themselves with
-:data:`TOO_LARGE_BODY` and the expectations below.
+:data:`TOO_LARGE_BODY` and the expectations below. Likewise :data:`MALFORMED_LENGTHS`
+(malformed ``Content-Length`` values, non-ASCII ones included) need a driver that sets
+the raw header; their ASCII ones are in :data:`SIGNED_CASES` too, so ``post`` must
+send a given ``content-length`` header as is.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sessionmw.hook import MAX_BODY
+from sessionmw._body import MAX_BODY
 from sessionmw.signing import new_secret, signed_request
 from tests.spec_cases import VALID, VALID_NO_EXPIRY, seeded_backend
 
@@ -82,21 +85,11 @@ def _raw_body(body: bytes) -> Callable[[], tuple[dict[str, str], bytes]]:
             "content-type": "application/json",
             "webhook-id": msg_id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(SECRET, msg_id, timestamp, body)
-            if _is_utf8(body)
-            else "v1,AAAA",
+            "webhook-signature": sign(SECRET, msg_id, timestamp, body),
         }
         return headers, body
 
     return build
-
-
-def _is_utf8(body: bytes) -> bool:
-    try:
-        body.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def _stale(seconds: int) -> Callable[[], tuple[dict[str, str], bytes]]:
@@ -140,7 +133,18 @@ SIGNED_CASES: list[HookCase] = [
     HookCase("future_6_minutes", _stale(360), 401, INVALID_SIGNATURE),
     HookCase("stale_4_minutes_ok", _stale(-240), 200, {"applied": 1}),
     HookCase("future_4_minutes_ok", _stale(240), 200, {"applied": 1}),
-    HookCase("body_not_utf8", _raw_body(b'{"events": [{"type": "flush"}]}\xff'), 401,
+    # Signed over the raw bytes: a payload problem, not a signature problem.
+    HookCase("body_not_utf8", _raw_body(b'{"events": [{"type": "flush"}]}\xff'), 400,
+             INVALID_PAYLOAD),
+    HookCase("lone_surrogate_id", _raw_body(b'{"events": [{"type": "session_revoked", '
+             b'"session_id": "a\\ud800"}]}'), 400, INVALID_PAYLOAD),
+    HookCase("before_too_large_for_a_float", _raw_body(
+             b'{"events": [{"type": "user_sessions_revoked", "user_id": "u", "before": 1'
+             + b"0" * 400 + b"}]}"), 400, INVALID_PAYLOAD),
+    HookCase("before_infinite", _raw_body(b'{"events": [{"type": "user_sessions_revoked", '
+             b'"user_id": "u", "before": 1e400}]}'), 400, INVALID_PAYLOAD),
+    HookCase("webhook_id_too_long", lambda: _signed(msg_id="m" * 5000), 401, INVALID_SIGNATURE),
+    HookCase("timestamp_with_sign", _with({"webhook-timestamp": "+1700000000"}), 401,
              INVALID_SIGNATURE),
     HookCase("bad_json", _raw_body(b'{"events": [{"type": "flush"}'), 400, INVALID_PAYLOAD),
     HookCase("not_an_object", _raw_body(b"[1, 2]"), 400, INVALID_PAYLOAD),
@@ -153,6 +157,75 @@ SIGNED_CASES: list[HookCase] = [
              400, INVALID_PAYLOAD),
     HookCase("too_large_signed", _raw_body(TOO_LARGE_BODY), 413, None),
 ]  # fmt: skip
+
+
+#: Methods other than POST, registered with a framework or not: 405 with ``Allow: POST``.
+OTHER_METHODS = ["TRACE", "PROPFIND", "PATCH", "DELETE", "PUT", "HEAD", "GET", "OPTIONS"]
+
+
+# -- malformed Content-Length (SPEC section 7: never a 500) ---------------------------
+
+
+@dataclass(frozen=True)
+class LengthCase:
+    """A request to the hook whose ``Content-Length`` is ``value`` (as the app sees it:
+    a WSGI environ string; on the wire, :func:`length_bytes`)."""
+
+    name: str
+    value: str
+    status: int  # 400 (invalid_payload: not a plain decimal) or 413 (too large)
+
+    @property
+    def body(self) -> dict[str, Any] | None:
+        return INVALID_PAYLOAD if self.status == 400 else None
+
+
+def length_bytes(value: str) -> bytes:
+    """``value`` as header bytes: latin-1 (as servers decode them) or, past it, UTF-8."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode()
+
+
+#: Every one is refused before a byte of the body is read: 400 ``invalid_payload`` for a
+#: value that is not a plain ASCII decimal (``int()`` would accept several of them), 413
+#: for digits beyond the limit (too many for ``int()`` even: it refuses 4,300+ digits).
+MALFORMED_LENGTHS: list[LengthCase] = [
+    LengthCase("superscript_two", "\u00b2", 400),
+    LengthCase("arabic_indic_digits", "\u0661\u0662", 400),
+    LengthCase("arabic_indic_as_latin1", "\u0661\u0662".encode().decode("latin-1"), 400),
+    LengthCase("fullwidth_digits", "\uff11\uff12", 400),
+    LengthCase("thousands_of_digits", "1" * 5000, 413),
+    LengthCase("twenty_digits", "9" * 20, 413),
+    LengthCase("leading_zeros_then_huge", "0" * 30 + "70000", 413),
+    LengthCase("plus_sign", "+5", 400),
+    LengthCase("minus_one", "-1", 400),
+    LengthCase("inner_space", " 5 5", 400),
+    LengthCase("joined_duplicates", "2, 2", 400),
+    LengthCase("joined_duplicates_no_space", "2,2", 400),
+    LengthCase("hex", "0x10", 400),
+    LengthCase("underscore", "1_0", 400),
+    LengthCase("exponent", "1e3", 400),
+    LengthCase("float", "2.0", 400),
+    LengthCase("letters", "abc", 400),
+]
+
+_LENGTH_BODY = b"{}"
+
+
+def _length(value: str) -> Callable[[], tuple[dict[str, str], bytes]]:
+    return lambda: ({"content-type": "application/json", "content-length": value}, _LENGTH_BODY)
+
+
+#: The ASCII ones, as :data:`SIGNED_CASES` entries: ``post`` must send the given
+#: ``content-length`` header instead of computing its own.
+LENGTH_CASES: list[HookCase] = [
+    HookCase(f"content_length_{case.name}", _length(case.value), case.status, case.body)
+    for case in MALFORMED_LENGTHS
+    if case.value.isascii()
+]
+SIGNED_CASES += LENGTH_CASES
 
 
 def run_signed_case(post: Post, case: HookCase) -> None:

@@ -172,3 +172,59 @@ def test_given_clients_are_kept() -> None:
         engine.dispose()
         sync_redis.close()
         http_client.close()
+
+
+# -- the write side: Store ---------------------------------------------------------
+
+
+def test_writable_stores_satisfy_store_and_http_does_not(tmp_path: Path) -> None:
+    """Memory, SQL and Redis stores offer the write side the CLI and demo use;
+    an auth service (read-only for sessionmw) does not."""
+    from sessionmw.backends import Store
+
+    stores = [
+        MemoryBackend(),
+        backend_from_url(f"sqlite:///{tmp_path / 's.db'}"),
+        backend_from_url(f"redis://127.0.0.1:{free_port()}/0"),
+    ]
+    for store in stores:
+        assert isinstance(store, Store), type(store).__name__
+        assert isinstance(store, Backend)
+    http = backend_from_url("http://127.0.0.1:1/s/{session_id}")
+    assert not isinstance(http, Store)
+    for closable in (*stores, http):
+        closable.close()  # type: ignore[attr-defined]
+
+
+def test_memory_store_management_api() -> None:
+    """The same management API as the SQL and Redis stores, on a dict."""
+    store = MemoryBackend()
+    assert store.schema_missing() == []
+    assert store.create_schema() == []
+    a = SessionRecord("a", "alice", SessionStatus.ACTIVE, 100.0, 50.0, {"k": "v"})
+    b = SessionRecord("b", "bob", SessionStatus.ACTIVE)
+    c = SessionRecord("c", "alice", SessionStatus.REVOKED)
+    for record in (c, b, a):
+        store.put(record)
+    assert store.list_sessions() == [a, b, c]
+    assert store.list_sessions(user_id="alice") == [a, c]
+    assert store.list_sessions(limit=1) == [a]
+    assert store.list_sessions(user_id="nobody") == []
+    with pytest.raises(ValueError, match="limit"):
+        store.list_sessions(limit=-1)
+    assert store.set_status("b", SessionStatus.REVOKED) is True
+    assert store.lookup("b") == SessionRecord("b", "bob", SessionStatus.REVOKED)
+    assert store.set_status("a", "revoked") is True
+    got = store.lookup("a")
+    assert got is not None
+    assert (got.status, got.expires_at, dict(got.data)) == (
+        SessionStatus.REVOKED,
+        100.0,
+        {"k": "v"},
+    )
+    assert store.set_status("missing", "revoked") is False
+    assert store.lookup("missing") is None
+    with pytest.raises(ValueError, match="bogus"):
+        store.set_status("b", "bogus")
+    store.close()
+    assert store.lookup("c") == c, "close() keeps an in-process store's records"

@@ -96,13 +96,6 @@ async def test_found_with_every_field(backend: SQLBackend) -> None:
     assert dict(got.data) == {"role": "admin", "n": 1}
 
 
-async def test_unknown(backend: SQLBackend) -> None:
-    with capture_logs() as logs:
-        assert backend.lookup("nope") is None
-        assert await backend.alookup("nope") is None
-    assert logs == []
-
-
 async def test_revoked_and_expired_are_returned_as_stored(backend: SQLBackend) -> None:
     _insert_raw(backend, "rev", status="revoked", issued_at=NOW - 10)
     _insert_raw(backend, "old", expires_at=NOW - 1)
@@ -137,6 +130,8 @@ async def test_data_as_json_text(backend: SQLBackend) -> None:
         ({"data": "[1, 2]"}, "data"),
         ({"data": '"a string"'}, "data"),
         ({"expires_at": float("inf")}, "expires_at"),
+        ({"expires_at": 1767225600000.0}, "expires_at is after 3000-01-01"),
+        ({"issued_at": 32503680000.5}, "issued_at is after 3000-01-01"),
     ],
 )
 async def test_malformed_rows_are_unknown_and_logged(
@@ -282,6 +277,21 @@ def test_management_api(backend: SQLBackend) -> None:
     backend.delete("b")
     assert backend.lookup("b") is None
     assert [r.session_id for r in backend.list_sessions()] == ["a", "c"]
+
+
+def test_schema_missing_and_create_schema_say_what_they_do(store_url: str) -> None:
+    """``schema_missing`` names what ``create_schema`` would create, without creating
+    it; ``create_schema`` creates it and says so; a second run has nothing to do."""
+    backend = _make(store_url)
+    table = backend.table_name
+    assert backend.schema_missing() == [f"table {table}"]
+    assert backend.schema_missing() == [f"table {table}"], "asking creates nothing"
+    assert backend.create_schema() == [f"created table {table}"]
+    assert backend.schema_missing() == []
+    assert backend.create_schema() == []
+    backend.put(SessionRecord("s", "u", SessionStatus.ACTIVE))
+    assert backend.lookup("s") is not None
+    backend.close()
 
 
 def test_list_sessions_skips_malformed_rows(backend: SQLBackend) -> None:

@@ -23,18 +23,11 @@ from structlog.testing import capture_logs
 
 from sessionmw import SessionRecord, SessionStatus, Settings
 from sessionmw.backends import MemoryBackend
-from sessionmw.bus import bus_from_url
-from sessionmw.bus.redis import (
-    MAXLEN,
-    REPLAY_WINDOW,
-    RedisBus,
-    format_id,
-    parse_id,
-    publish_events,
-)
+from sessionmw.bus import BusSink, bus_from_url, publish
+from sessionmw.bus.redis import MAXLEN, REPLAY_WINDOW, RedisBus, format_id, parse_id
 from sessionmw.cache import MemoryCache
 from sessionmw.errors import BusUnavailable, ConfigError
-from sessionmw.events import Flush, SessionRevoked, UserSessionsRevoked, apply_event
+from sessionmw.events import Event, Flush, SessionRevoked, UserSessionsRevoked, apply_event
 from sessionmw.gate import Gate, forget_gates, gate_for
 from sessionmw.signing import new_secret, signed_request
 from tests.conftest import free_port
@@ -121,6 +114,39 @@ def cache() -> MemoryCache:
     return MemoryCache(MemoryBackend(_records()))
 
 
+class CacheSink:
+    """A bus sink applying events to a bare MemoryCache with the gate's policy
+    (:meth:`Gate.bus_event` and friends): ``outage_ttl`` as the cache's max age while
+    disconnected, none once connected, a flush on a gap. Every call is recorded in
+    ``calls`` (``"event"``, ``"connected"``, ``"disconnected"``, ``"gap:<reason>"``)
+    and every ``sent_at`` in ``sent_at``."""
+
+    def __init__(self, cache: MemoryCache, outage_ttl: float = 5.0) -> None:
+        self.cache = cache
+        self.outage_ttl = outage_ttl
+        self.calls: list[str] = []
+        self.sent_at: list[float | None] = []
+
+    def bus_event(self, event: Event, sent_at: float | None) -> None:
+        apply_event(self.cache, event)
+        self.calls.append("event")
+        self.sent_at.append(sent_at)
+
+    def bus_connected(self) -> None:
+        self.cache.set_max_age(None)
+        self.calls.append("connected")
+
+    def bus_disconnected(self) -> None:
+        self.cache.set_max_age(self.outage_ttl)
+        self.calls.append("disconnected")
+
+    def bus_gap(self, reason: str) -> None:
+        self.cache.clear()
+        self.calls.append(f"gap:{reason}")
+
+
+_: type[BusSink] = CacheSink  # the test helper keeps to the protocol the gate implements
+
 Buses = Callable[..., RedisBus]
 
 
@@ -130,7 +156,6 @@ def make_bus(redis_client: redis.Redis, stream: str, redis_url: str) -> Iterator
 
     def make(url: str = redis_url, **options: Any) -> RedisBus:
         options.setdefault("stream", stream)
-        options.setdefault("outage_ttl", 5)
         options.setdefault("block_ms", 200)
         bus = RedisBus(url, **options)
         made.append(bus)
@@ -141,9 +166,14 @@ def make_bus(redis_client: redis.Redis, stream: str, redis_url: str) -> Iterator
         bus.stop()
 
 
-def started(bus: RedisBus, cache: MemoryCache) -> RedisBus:
-    bus.start(cache, lambda event: apply_event(cache, event))
+def started(bus: RedisBus, target: MemoryCache | CacheSink) -> RedisBus:
+    """Start ``bus`` reporting to ``target`` (a cache gets a fresh CacheSink); wait
+    until it is connected and its sink has been told so."""
+    sink = target if isinstance(target, CacheSink) else CacheSink(target)
+    seen = len(sink.calls)
+    bus.start(sink)
     wait_until(lambda: bus.connected, 5, "the subscriber to connect")
+    wait_until(lambda: "connected" in sink.calls[seen:], 5, "the sink to hear of it")
     return bus
 
 
@@ -160,17 +190,18 @@ def revoked(cache: MemoryCache, session_id: str) -> Callable[[], bool]:
 
 
 def test_bus_from_url_builds_a_redis_bus(redis_url: str) -> None:
-    bus = bus_from_url(redis_url, stream="x", outage_ttl=3)
+    bus = bus_from_url(redis_url, stream="x", timeout=3)
     assert isinstance(bus, RedisBus)
     assert bus.stream == "x"
-    assert bus.outage_ttl == 3
+    assert bus.timeout == 3
+    assert bus_from_url(redis_url, stream="x").timeout == 2.0  # type: ignore[attr-defined]
     assert not bus.connected
 
 
 @pytest.mark.parametrize("url", ["redis://:notaport/", "redis://h:99999999/x"])
 def test_bad_url_is_a_config_error(url: str) -> None:
     with pytest.raises(ConfigError) as info:
-        RedisBus(url, stream="s", outage_ttl=5)
+        RedisBus(url, stream="s")
     assert info.value.key == "bus"
 
 
@@ -295,11 +326,16 @@ def test_an_event_added_just_before_the_first_read_is_applied(
 
 
 def test_lag_is_recorded(make_bus: Buses, cache: MemoryCache) -> None:
-    bus = started(make_bus(), cache)
+    sink = CacheSink(cache)
+    bus = started(make_bus(), sink)
     producer = make_bus()
+    begin = time.time()
     for i in range(20):
         producer.publish([SessionRevoked(f"x{i}")])
     wait_until(lambda: bus.stats()["applied"] == 20)
+    # The sink is given each entry's publication time (the gate's lag histogram).
+    assert len(sink.sent_at) == 20
+    assert all(t is not None and begin - 1 <= t <= time.time() for t in sink.sent_at)
     lag = bus.stats()["lag_ms"]
     assert lag["last"] is not None
     assert lag["max"] is not None
@@ -318,7 +354,7 @@ def test_start_is_idempotent_and_stop_is_prompt(
 ) -> None:
     bus = make_bus(block_ms=5000)
     started(bus, cache)
-    bus.start(cache, lambda event: None)
+    bus.start(CacheSink(cache))
     assert len(_bus_threads(stream)) == 1
     begin = time.monotonic()
     bus.stop()
@@ -338,8 +374,10 @@ def test_stop_interrupts_the_backoff(make_bus: Buses, cache: MemoryCache) -> Non
 
     port = free_port()  # nothing listens there
     bus = make_bus(f"redis://127.0.0.1:{port}/0", backoff_base=30, backoff_cap=60, wait=wait)
-    bus.start(cache, lambda event: None)
+    sink = CacheSink(cache)
+    bus.start(sink)
     wait_until(lambda: waits, what="a backoff wait")
+    assert set(sink.calls) == {"disconnected"}
     assert 15 <= waits[0] <= 30
     begin = time.monotonic()
     bus.stop()
@@ -347,12 +385,8 @@ def test_stop_interrupts_the_backoff(make_bus: Buses, cache: MemoryCache) -> Non
 
 
 def test_backoff_is_capped_exponential_with_jitter(redis_url: str) -> None:
-    low = RedisBus(
-        redis_url, stream="s", outage_ttl=5, backoff_base=0.1, backoff_cap=2, rng=lambda: 0
-    )
-    high = RedisBus(
-        redis_url, stream="s", outage_ttl=5, backoff_base=0.1, backoff_cap=2, rng=lambda: 1
-    )
+    low = RedisBus(redis_url, stream="s", backoff_base=0.1, backoff_cap=2, rng=lambda: 0)
+    high = RedisBus(redis_url, stream="s", backoff_base=0.1, backoff_cap=2, rng=lambda: 1)
     assert [low._backoff(n) for n in range(6)] == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.8, 1.0])
     assert [high._backoff(n) for n in range(6)] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 2.0])
     assert high._backoff(10_000) == 2.0
@@ -375,20 +409,43 @@ def test_one_subscriber_per_shared_gate(redis_url: str, stream: str) -> None:
     wait_until(lambda: not _bus_threads(stream), what="the subscriber to stop")
 
 
-def test_outage_ttl_applies_until_connected(make_bus: Buses) -> None:
-    calls: list[float | None] = []
+class MaxAgeRecorder(MemoryCache):
+    """A cache recording every set_max_age call."""
 
-    class Recorder(MemoryCache):
-        def set_max_age(self, seconds: float | None) -> None:
-            calls.append(seconds)
-            super().set_max_age(seconds)
+    def __init__(self) -> None:
+        super().__init__(MemoryBackend(_records()))
+        self.max_ages: list[float | None] = []
 
-    cache = Recorder(MemoryBackend(_records()))
-    bus = make_bus(outage_ttl=3)
-    started(bus, cache)
-    assert calls == [3, None]
+    def set_max_age(self, seconds: float | None) -> None:
+        self.max_ages.append(seconds)
+        super().set_max_age(seconds)
+
+
+def test_the_sink_hears_disconnected_until_connected(make_bus: Buses) -> None:
+    cache = MaxAgeRecorder()
+    sink = CacheSink(cache, outage_ttl=3)
+    bus = make_bus()
+    started(bus, sink)
+    assert sink.calls == ["disconnected", "connected"]
+    assert cache.max_ages == [3, None]
     bus.stop()
-    assert calls == [3, None, 3]
+    assert sink.calls == ["disconnected", "connected", "disconnected"]
+    assert cache.max_ages == [3, None, 3]
+
+
+def test_gate_applies_the_outage_ttl_until_connected(redis_url: str, stream: str) -> None:
+    """The policy is the gate's: ``bus_outage_ttl`` while its Redis bus is not
+    connected (before the first connect, after stop), no max age while connected."""
+    cache = MaxAgeRecorder()
+    settings = Settings(backend="memory://", bus=redis_url, stream=stream, bus_outage_ttl=3)
+    gate = Gate(settings, cache=cache)
+    try:
+        gate.start()
+        wait_until(lambda: gate.bus.connected, 5, "the subscriber to connect")
+        wait_until(lambda: cache.max_ages == [3, None], 5, "the gate to hear of it")
+    finally:
+        gate.stop()
+    assert cache.max_ages == [3, None, 3]
 
 
 # -- gaps --------------------------------------------------------------------------
@@ -406,16 +463,18 @@ def test_trimmed_past_a_paused_cursor_flushes(
     bus.stop()  # paused: the cursor stays where it was
     producer.publish([SessionRevoked(f"x{i}") for i in range(10)])
     redis_client.xtrim(stream, maxlen=3, approximate=False)
+    sink = CacheSink(cache)
     with capture_logs() as logs:
-        bus.start(cache, lambda event: apply_event(cache, event))
+        bus.start(sink)
         wait_until(lambda: bus.connected)
     assert bus.stats()["gaps"] == 1
     assert [e["reason"] for e in logs if e["event"] == "bus.gap_detected"] == ["trimmed"]
+    assert sink.calls.count("gap:trimmed") == 1
     assert len(cache) == 0
     # The entries still in the stream were read; the next gap check finds nothing new.
     assert bus.stats()["applied"] == 1 + 3
     bus.stop()
-    bus.start(cache, lambda event: apply_event(cache, event))
+    bus.start(CacheSink(cache))
     wait_until(lambda: bus.connected)
     assert bus.stats()["gaps"] == 1
 
@@ -497,10 +556,11 @@ def test_redis_restarted_empty(own_redis: RedisServer, stream: str) -> None:
     notices, applies the outage TTL meanwhile, reconnects by itself and flushes."""
     backend = MemoryBackend(_records())
     cache = MemoryCache(backend)
-    bus = RedisBus(own_redis.url, stream=stream, outage_ttl=0, block_ms=200, backoff_base=0.02,
+    bus = RedisBus(own_redis.url, stream=stream, block_ms=200, backoff_base=0.02,
                    backoff_cap=0.2)  # fmt: skip
+    sink = CacheSink(cache, outage_ttl=0)
     try:
-        started(bus, cache)
+        started(bus, sink)
         producer = own_redis.client()
         producer.xadd(stream, {"type": "session_revoked", "session_id": "s1"})
         wait_until(revoked(cache, "s1"))
@@ -519,6 +579,7 @@ def test_redis_restarted_empty(own_redis: RedisServer, stream: str) -> None:
             wait_until(lambda: bus.connected, 10, "the subscriber to reconnect")
         assert bus.stats()["gaps"] == 1
         assert [e["reason"] for e in logs if e["event"] == "bus.gap_detected"] == ["stream_missing"]
+        assert [call for call in sink.calls if call.startswith("gap:")] == ["gap:stream_missing"]
         assert len(cache) == 0
         assert bus.stats()["reconnects"] == 1
         producer = own_redis.client()
@@ -532,7 +593,7 @@ def test_restart_is_a_gap_even_before_any_entry(own_redis: RedisServer, stream: 
     """A cursor at 0-0 proves nothing after a restart: entries may have been added
     and lost between the last read and the crash."""
     cache = MemoryCache(MemoryBackend(_records()))
-    bus = RedisBus(own_redis.url, stream=stream, outage_ttl=5, block_ms=200, backoff_base=0.02,
+    bus = RedisBus(own_redis.url, stream=stream, block_ms=200, backoff_base=0.02,
                    backoff_cap=0.2)  # fmt: skip
     try:
         started(bus, cache)
@@ -572,13 +633,17 @@ async def test_apublish(make_bus: Buses, stream: str, redis_client: redis.Redis)
     bus.stop()
 
 
-def test_publish_events_helper(redis_url: str, stream: str, redis_client: redis.Redis) -> None:
-    publish_events(redis_url, stream, [SessionRevoked("a")])
+def test_publish_helper(redis_url: str, stream: str, redis_client: redis.Redis) -> None:
+    publish(redis_url, [SessionRevoked("a")], stream=stream)
+    assert redis_client.xlen(stream) == 1
+    with pytest.raises(ConfigError) as info:
+        publish("local://", [SessionRevoked("a")], stream=stream)
+    assert info.value.key == "bus"
     assert redis_client.xlen(stream) == 1
 
 
 async def test_publish_to_a_dead_redis_raises_bus_unavailable(stream: str) -> None:
-    bus = RedisBus(f"redis://127.0.0.1:{free_port()}/0", stream=stream, outage_ttl=5, timeout=0.5)
+    bus = RedisBus(f"redis://127.0.0.1:{free_port()}/0", stream=stream, timeout=0.5)
     with pytest.raises(BusUnavailable):
         bus.publish([SessionRevoked("a")])
     with pytest.raises(BusUnavailable):
@@ -591,7 +656,7 @@ async def test_publish_to_a_dead_redis_raises_bus_unavailable(stream: str) -> No
     await bus.replay_guard.arelease("msg_1")
     bus.stop()
     with pytest.raises(BusUnavailable):
-        publish_events(bus.url, stream, [Flush()], timeout=0.5)
+        publish(bus.url, [Flush()], stream=stream, timeout=0.5)
 
 
 async def test_replay_guard_is_shared_between_processes(

@@ -87,6 +87,49 @@ def test_miss_then_hit_calls_backend_once() -> None:
     assert stats["hits"] == 2
 
 
+def test_hit_is_the_fast_path_for_fresh_active_unexpired_records() -> None:
+    cache, backend, clock, wall = make(
+        rec("a"),
+        rec("gone", status=REVOKED),
+        dataclasses.replace(rec("soon"), expires_at=WALL + 30),
+        dataclasses.replace(rec("old"), expires_at=WALL - 1),
+        ttl=60,
+    )
+    assert cache.hit("a") is None, "not cached: no backend call either"
+    assert backend.calls == []
+    for sid in ("a", "gone", "soon", "old", "nope"):
+        cache.lookup(sid)
+    assert cache.hit("a") is cache.peek("a")
+    assert cache.hit("gone") is None
+    assert cache.hit("nope") is None
+    assert cache.hit("old") is None
+    assert cache.hit("soon") is not None
+    assert cache.allowed_hits == 2
+    stats = cache.stats()
+    assert stats["hits"] == 1 + 2  # peek + the two hit() hits
+    clock.advance(30)
+    wall.advance(30)
+    assert cache.hit("soon") is None, "expired now"
+    assert cache.hit("a") is not None
+    clock.advance(30)
+    assert cache.hit("a") is None, "stale: the full path re-fetches"
+    cache.mark_revoked("a")
+    assert cache.hit("a") is None
+    assert len(backend.calls) == 5
+    assert cache.allowed_hits == 3
+
+
+def test_hit_never_returns_a_revoked_record() -> None:
+    cache, _, _, _ = make(rec("a", "u"), rec("b", "u"))
+    cache.lookup("a")
+    cache.lookup("b")
+    assert cache.hit("a") is not None
+    cache.mark_revoked("a")
+    cache.mark_user_revoked("u")
+    assert cache.hit("a") is None
+    assert cache.hit("b") is None
+
+
 async def test_alookup_miss_then_hit() -> None:
     cache, backend, _, _ = make(rec("a"))
     first = await cache.alookup("a")
@@ -417,6 +460,24 @@ def test_user_watermark_with_explicit_before_and_cached_records() -> None:
     assert cache.lookup("later").status is REVOKED  # type: ignore[union-attr]
 
 
+def test_user_watermark_before_in_the_future_is_clamped_to_now() -> None:
+    """A producer's clock ahead of ours must not revoke logins that happen after
+    the event arrived."""
+    cache, _, clock, wall = make(
+        rec("old", "u", issued_at=WALL - 10),
+        rec("edge", "u", issued_at=WALL),
+        rec("fresh", "u", issued_at=WALL + 5),
+        ttl=60,
+    )
+    cache.lookup("edge")
+    cache.mark_user_revoked("u", before=WALL + 3600)
+    assert cache.peek("edge").status is REVOKED  # type: ignore[union-attr]
+    assert cache.lookup("old").status is REVOKED  # type: ignore[union-attr]
+    wall.advance(5)
+    clock.advance(5)
+    assert cache.lookup("fresh").status is ACTIVE  # type: ignore[union-attr]
+
+
 # ---------------------------------------------------------------- backend failures
 
 
@@ -440,7 +501,8 @@ def test_any_backend_exception_becomes_backend_unavailable(error: Exception) -> 
         cache.lookup("secret-id")
     assert "secret-id" not in str(info.value)
     assert "secret-id" not in repr(logs)
-    assert logs[0]["error"] == type(error).__name__
+    # The cause names the exception type; a message quoting the ID is scrubbed.
+    assert logs[0]["cause"].split(":")[0] == type(error).__name__
     # Nothing was cached: the next lookup tries again.
     backend.error = None
     assert cache.lookup("secret-id") is None
@@ -592,9 +654,12 @@ def test_cache_is_collectable_despite_fork_hook() -> None:
 def test_after_fork_hook_resets_lock_and_flights() -> None:
     cache, _, _, _ = make()
     cache._lock.acquire()  # as if another thread held it at fork time
-    from sessionmw.cache import _reinit_after_fork
+    from sessionmw import _fork
 
-    _reinit_after_fork()
+    # Registered with the library's one fork hook, which calls this in the child.
+    # (Not _fork._after_fork_in_child(): it would reset every live object here.)
+    assert cache in _fork._LIVE
+    cache._reset_after_fork()
     assert cache._lock.acquire(blocking=False)
     cache._lock.release()
     assert cache._flights == {}

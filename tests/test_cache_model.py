@@ -228,6 +228,19 @@ class CacheMachine(RuleBasedStateMachine):
             self.check_answer(expected, actual)
 
     @rule(session_id=IDS)
+    def hit(self, session_id: str) -> None:
+        """The fast path: only a fresh, active record (this model's have no expiry)."""
+        entry = self.fresh(session_id)
+        expected: SessionRecord | None = None
+        if entry is not None and entry.record is not None and entry.record.status is ACTIVE:
+            entry.ref = True
+            expected = entry.record
+        actual = self.cache.hit(session_id)
+        assert actual == expected, (actual, expected)
+        if actual is not None:
+            self.check_answer(expected, actual)
+
+    @rule(session_id=IDS)
     def peek(self, session_id: str) -> None:
         entry = self.fresh(session_id)
         expected: SessionRecord | Miss | None = MISS
@@ -255,8 +268,8 @@ class CacheMachine(RuleBasedStateMachine):
     @rule(user_id=USERS, before=st.one_of(st.none(), ISSUED.filter(lambda x: x is not None)))
     def mark_user_revoked(self, user_id: str, before: float | None) -> None:
         self.cache.mark_user_revoked(user_id, before)
-        if before is None:
-            before = WALL0 + self.now
+        if before is None or before > WALL0 + self.now:
+            before = WALL0 + self.now  # never later than now
         previous = self.watermarks.get(user_id)
         if previous is not None and previous[1] > self.now:
             before = max(before, previous[0])

@@ -11,13 +11,16 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.wsgi import WSGIHandler
+from django.http import HttpResponse
 from django.test import AsyncClient, Client, override_settings
+from django.urls import path as url_path
+from django.urls import resolve
 
 from sessionmw import ConfigError, SessionRecord, SessionStatus
+from sessionmw._body import MAX_BODY
 from sessionmw.backends import MemoryBackend
 from sessionmw.contrib.django import DeviceSessionMiddleware, SessionMWImproperlyConfigured
 from sessionmw.gate import Gate
-from sessionmw.hook import MAX_BODY
 from sessionmw.signing import new_secret, signed_request
 from tests import django_settings
 from tests.hook_cases import HOOK_PATH as HOOK
@@ -68,6 +71,19 @@ def test_misconfiguration_fails_at_startup(conf: Any, key: str, handler: type) -
     assert "SESSIONMW" in str(error)
 
 
+@pytest.mark.parametrize("handler", [WSGIHandler, ASGIHandler])
+def test_misspelt_key_suggests_the_closest(handler: type) -> None:
+    """settings.SESSIONMW = {"tll": 5}: ImproperlyConfigured naming "tll", suggesting "ttl"."""
+    with (
+        override_settings(SESSIONMW={"tll": 5}),
+        pytest.raises(SessionMWImproperlyConfigured) as info,
+    ):
+        handler()
+    assert info.value.key == "tll"
+    assert "'ttl'" in str(info.value)
+    assert "settings.SESSIONMW" in str(info.value)
+
+
 def test_no_sessionmw_setting_means_defaults() -> None:
     """Without settings.SESSIONMW, every default applies (memory backend)."""
     with override_settings(SESSIONMW=None):
@@ -96,9 +112,102 @@ async def test_exempt_view_skips_check_async(configured: dict[str, Any]) -> None
     assert response.content == b"ok"
 
 
-def test_unknown_url_is_django_404(configured: dict[str, Any]) -> None:
-    """A URL with no view gets Django's 404: there is no view to protect."""
-    assert Client().get("/nowhere").status_code == 404
+def test_unknown_url_is_checked(configured: dict[str, Any]) -> None:
+    """A URL with no view is checked like any other (SPEC section 7): 401 without a
+    session, so an unauthenticated client cannot map which routes exist; Django's 404
+    only with a valid session."""
+    for path in ("/nowhere", "/whoami/", "/admin/"):
+        response = Client().get(path)
+        assert (response.status_code, response.json()) == (401, {"error": "missing_session"})
+        assert response["WWW-Authenticate"] == "DeviceSession"
+    response = Client().post("/nowhere", headers={"X-Device-Session-ID": "nope"})
+    assert (response.status_code, response.json()) == (401, {"error": "invalid_session"})
+    assert Client().get("/nowhere", headers={"X-Device-Session-ID": "good"}).status_code == 404
+
+
+async def test_unknown_url_is_checked_async(configured: dict[str, Any]) -> None:
+    response = await AsyncClient().get("/nowhere")
+    assert (response.status_code, response.json()) == (401, {"error": "missing_session"})
+    response = await AsyncClient().get("/nowhere", headers={"X-Device-Session-ID": "good"})
+    assert response.status_code == 404
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_exempt_paths_and_methods_still_pass(backend: MemoryBackend, flavour: str) -> None:
+    """exempt_paths (at segment boundaries) and exempt_methods pass unchecked, routed
+    or not; a path that only starts with the prefix's letters is checked."""
+    conf = {"backend": backend, "exempt_paths": ["/public"], "exempt_methods": ["OPTIONS"]}
+
+    def status(method: str, path: str) -> int:
+        if flavour == "sync":
+            return int(Client().generic(method, path).status_code)
+
+        async def go() -> Any:
+            return await AsyncClient().generic(method, path)
+
+        return int(asyncio.run(go()).status_code)
+
+    with override_settings(SESSIONMW=conf):
+        assert status("GET", "/public") == 404  # exempt, no such view: Django's 404
+        assert status("GET", "/public/deep") == 404
+        assert status("OPTIONS", "/whoami") == 405  # exempt method: the view's require_safe
+        assert status("OPTIONS", "/nowhere") == 404
+        assert status("GET", "/publicity") == 401
+        assert status("GET", "/healthz") == 200  # the @exempt view
+
+
+def test_resolves_only_on_a_miss(
+    configured: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cheap: a cached valid session passes without the middleware resolving the URL."""
+    calls: list[str] = []
+
+    def counting(path: str, urlconf: Any = None) -> Any:
+        calls.append(path)
+        return resolve(path, urlconf)
+
+    monkeypatch.setattr("sessionmw.contrib.django.middleware.resolve", counting)
+    client = Client()
+    assert client.get("/whoami", headers={"X-Device-Session-ID": "good"}).status_code == 200
+    assert calls == ["/whoami"]  # the miss: resolved once, to a non-exempt view
+    assert client.get("/whoami", headers={"X-Device-Session-ID": "good"}).status_code == 200
+    assert client.get("/healthz", headers={"X-Device-Session-ID": "good"}).content == b"ok"
+    assert calls == ["/whoami"]
+
+
+def _protected(request: Any) -> HttpResponse:
+    return HttpResponse(f"protected {request.device_session.user_id}")
+
+
+class AltUrls:
+    """A URLconf where /healthz is NOT the @exempt view."""
+
+    urlpatterns = [url_path("healthz", _protected)]
+
+
+class SwapUrlconf:
+    """A middleware after the gate that switches the request's URLconf."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: Any) -> Any:
+        request.urlconf = AltUrls
+        return self.get_response(request)
+
+
+def test_view_swapped_by_later_middleware_is_checked(configured: dict[str, Any]) -> None:
+    """If the view that finally runs is not the @exempt one the gate resolved (a later
+    middleware changed request.urlconf), it is checked before it runs."""
+    middleware = [
+        "sessionmw.contrib.django.DeviceSessionMiddleware",
+        f"{__name__}.SwapUrlconf",
+    ]
+    with override_settings(MIDDLEWARE=middleware):
+        response = Client().get("/healthz")
+        assert (response.status_code, response.json()) == (401, {"error": "missing_session"})
+        response = Client().get("/healthz", headers={"X-Device-Session-ID": "good"})
+        assert response.content == b"protected u1"
 
 
 def test_missing_session_is_401_before_csrf(configured: dict[str, Any]) -> None:

@@ -12,9 +12,11 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 from collections.abc import Iterator, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -103,8 +105,15 @@ def hooked(
 
 def _post(base: str) -> hook_cases.Post:
     def post(headers: Mapping[str, str], body: bytes) -> tuple[int, Any]:
-        response = httpx.post(base + HOOK_PATH, content=body, headers=dict(headers), timeout=10)
-        return response.status_code, hook_cases.decode(response.content)
+        # http.client sends a given Content-Length as is (httpx refuses a malformed one).
+        parts = urlsplit(base)
+        connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+        try:
+            connection.request("POST", HOOK_PATH, body=body, headers=dict(headers))
+            response = connection.getresponse()
+            return response.status, hook_cases.decode(response.read())
+        finally:
+            connection.close()
 
     return post
 
@@ -128,7 +137,10 @@ def test_replay_and_signature_failures_under_uvicorn(hooked: tuple[str, str]) ->
     post = _post(base)
     hook_cases.check_replay(post, _status_of(base))
     for case in hook_cases.SIGNED_CASES:
-        if case.status != 200:
+        if case in hook_cases.LENGTH_CASES:
+            # The server may refuse a malformed Content-Length itself, before the app.
+            assert post(*case.build())[0] in (400, 413), case.name
+        elif case.status != 200:
             hook_cases.run_signed_case(post, case)
 
 

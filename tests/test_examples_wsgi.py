@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from sessionmw import SessionRecord, SessionStatus
-from sessionmw.hook import MAX_BODY
+from sessionmw._body import MAX_BODY
 from sessionmw.signing import new_secret, signed_request
 from tests.servers import (
     SlowAuthService,

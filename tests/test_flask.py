@@ -9,13 +9,14 @@ import pytest
 from flask import Flask, g
 
 from sessionmw import ConfigError, Settings
+from sessionmw._body import MAX_BODY
 from sessionmw.backends import MemoryBackend
 from sessionmw.contrib.flask import SessionMW, SessionMWState, exempt
-from sessionmw.hook import MAX_BODY
 from sessionmw.signing import new_secret, signed_request
 from sessionmw.wsgi import DeviceSessionMiddleware
 from tests import django_settings
 from tests.hook_cases import HOOK_PATH as HOOK
+from tests.hook_cases import MALFORMED_LENGTHS, OTHER_METHODS, LengthCase
 from tests.spec_cases import two_sessions
 
 webtest = django_settings.import_webtest()
@@ -65,10 +66,19 @@ def test_exempt_view_skips_check(backend: MemoryBackend) -> None:
 
 
 def test_unknown_url_is_checked(backend: MemoryBackend) -> None:
-    """No route: still 401 without a session (routes are not revealed), 404 with one."""
+    """No route: still 401 without a session (routes are not revealed), 404 with one.
+
+    Flask runs before_request also when routing failed (404, 405, a redirect), so
+    the check sees every request; only exempt views, paths and methods skip it."""
     client = webtest.TestApp(make_app(backend))
     assert client.get("/nowhere", status=401).json == {"error": "missing_session"}
+    assert client.get("/whoami/", status=401).json == {"error": "missing_session"}
+    assert client.post("/whoami", status=401).json == {"error": "missing_session"}
+    assert client.get("/nowhere", headers={HEADER: "x"}, status=401).json == {
+        "error": "invalid_session"
+    }
     client.get("/nowhere", headers={HEADER: "good"}, status=404)
+    client.post("/whoami", headers={HEADER: "good"}, status=405)
 
 
 def test_config_keys(backend: MemoryBackend) -> None:
@@ -86,6 +96,13 @@ def test_unknown_config_key_names_it(backend: MemoryBackend) -> None:
         make_app(backend, SESSIONMW_TLL=5)
     assert info.value.key == "SESSIONMW_TLL"
     assert "SESSIONMW_TLL" in str(info.value)
+    assert "did you mean 'SESSIONMW_TTL'" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        make_app(backend, SESSIONMW_EXEMPT_PATH=["/x"])
+    assert "did you mean 'SESSIONMW_EXEMPT_PATHS'" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        make_app(backend, SESSIONMW_COMPLETELY_WRONG=1)
+    assert info.value.key == "SESSIONMW_COMPLETELY_WRONG"
 
 
 def test_bad_config_value_names_key(backend: MemoryBackend) -> None:
@@ -135,11 +152,39 @@ def test_hook_registered_as_blueprint(backend: MemoryBackend) -> None:
     assert "sessionmw" not in make_app(backend).blueprints
 
 
-@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "OPTIONS"])
+@pytest.mark.parametrize("method", OTHER_METHODS)
 def test_hook_other_methods_405(backend: MemoryBackend, method: str) -> None:
-    response = hook_client(backend).request(HOOK, method=method, status=405)
-    assert response.headers["Allow"] == "POST"
-    assert response.json == {"error": "method_not_allowed"}
+    """Every method but POST, routed by the blueprint or not (TRACE, PROPFIND), is 405
+    with Allow: POST: never the session check's 401."""
+    app = make_app(backend, SESSIONMW_INVALIDATION_SECRET=SECRET)
+    # Not webtest: its lint refuses methods it does not know.
+    response = app.test_client().open(HOOK, method=method)
+    assert (response.status_code, response.headers["Allow"]) == (405, "POST")
+    if method != "HEAD":
+        assert response.json == {"error": "method_not_allowed"}
+
+
+def test_hook_moved_at_run_time_is_read_per_request(backend: MemoryBackend) -> None:
+    """The hook path is read from the gate per request, not cached at init_app."""
+    app = make_app(backend, SESSIONMW_INVALIDATION_SECRET=SECRET)
+    gate = app.extensions["sessionmw"].gate
+    gate.hook_path = "/moved"
+    response = app.test_client().open("/moved", method="TRACE")
+    assert (response.status_code, response.headers["Allow"]) == (405, "POST")
+
+
+@pytest.mark.parametrize("case", MALFORMED_LENGTHS, ids=lambda c: c.name)
+def test_hook_malformed_content_length(backend: MemoryBackend, case: LengthCase) -> None:
+    """A malformed Content-Length is 400 invalid_payload or 413, the body unread, before
+    werkzeug parses it."""
+    app = make_app(backend, SESSIONMW_INVALIDATION_SECRET=SECRET)
+    stream = io.BytesIO(b"{}")
+    environ = {"REQUEST_METHOD": "POST", "wsgi.input": stream, "CONTENT_LENGTH": case.value}
+    response = webtest.TestRequest.blank(HOOK, environ).get_response(app)
+    assert response.status_int == case.status
+    if case.body is not None:
+        assert response.json == case.body
+    assert stream.tell() == 0
 
 
 def test_hook_declared_oversize_413(backend: MemoryBackend) -> None:

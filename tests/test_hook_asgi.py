@@ -21,9 +21,9 @@ from starlette.routing import Route
 
 from examples.starlette_app import healthz, whoami
 from sessionmw import ConfigError, Settings
+from sessionmw._body import MAX_BODY
 from sessionmw.asgi import DeviceSessionMiddleware, InvalidationApp, invalidation_route
 from sessionmw.gate import forget_gates, gate_for
-from sessionmw.hook import MAX_BODY
 from tests import hook_cases
 from tests.hook_cases import HOOK_PATH, SIGNED_CASES, TOO_LARGE_BODY, HookCase, decode
 from tests.spec_cases import HEADER, seeded_backend
@@ -247,11 +247,11 @@ async def test_signed_chunked_body_is_applied(middleware: DeviceSessionMiddlewar
     assert decode(driver.sent[1]["body"]) == {"applied": 1}
 
 
-async def test_unreadable_content_length_is_413(middleware: DeviceSessionMiddleware) -> None:
-    """A Content-Length that is not a number cannot be trusted: refused like an oversize."""
+async def test_unreadable_content_length_is_400(middleware: DeviceSessionMiddleware) -> None:
+    """A Content-Length that is not a plain decimal cannot be trusted: refused unread."""
     driver = Driver([b"{}"])
     await middleware(_scope(headers=[(b"content-length", b"12abc")]), driver.receive, driver.send)
-    assert driver.status == 413
+    assert driver.status == 400
 
 
 async def test_client_gone_mid_body_sends_nothing(middleware: DeviceSessionMiddleware) -> None:

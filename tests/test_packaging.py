@@ -100,7 +100,8 @@ def test_artifacts_hold_the_package_and_typing_marker(dist: dict[str, Path]) -> 
     requires = re.findall(r"^Requires-Dist: ([\w.-]+)(.*)$", metadata, flags=re.M)
     core = sorted(name for name, rest in requires if "extra ==" not in rest)
     assert core == sorted(CORE_DEPS)
-    for extra in ("starlette", "wsgi", "flask", "django", "redis", "http", "sql", "prometheus"):
+    for extra in ("starlette", "fastapi", "wsgi", "flask", "django", "redis", "http", "sql",
+                  "postgres", "prometheus"):  # fmt: skip
         assert f"Provides-Extra: {extra}" in metadata
     with tarfile.open(dist["sdist"]) as sdist:
         members = {m.name.split("/", 1)[1] for m in sdist.getmembers() if "/" in m.name}

@@ -163,3 +163,43 @@ def test_expired() -> None:
 def test_hash_id_is_short_stable_sha256_prefix() -> None:
     assert hash_id("abc") == "ba7816bf8f01"
     assert len(hash_id(SID)) == 12
+
+
+# -- epoch milliseconds -------------------------------------------------------------
+
+YEAR_3000 = 32503680000
+
+
+@pytest.mark.parametrize("key", ["expires_at", "issued_at"])
+@pytest.mark.parametrize(
+    "value", [YEAR_3000 + 1, 1767225600000, "1767225600000", b"1767225600000.5", 1e300]
+)
+def test_times_after_year_3000_look_like_milliseconds(key: str, value: Any) -> None:
+    """A time after 3000-01-01 is malformed, and the problem says it looks like
+    milliseconds (written by mistake, it would make a session that never expires)."""
+    with pytest.raises(MalformedRecord, match=key) as info:
+        build_record(SID, {"user_id": "u", "status": "active", key: value})
+    assert "milliseconds" in str(info.value)
+
+
+@pytest.mark.parametrize("value", [YEAR_3000, YEAR_3000 - 0.5, 1767225600])
+def test_times_up_to_year_3000_are_accepted(value: float) -> None:
+    record = build_record(SID, {"user_id": "u", "status": "active", "expires_at": value})
+    assert record.expires_at == float(value)
+
+
+def test_milliseconds_are_logged_as_malformed() -> None:
+    with capture_logs() as logs:
+        raw = {"user_id": "u", "status": "active", "expires_at": 1767225600000}
+        assert record_or_none(SID, raw, source="test") is None
+    assert [entry["event"] for entry in logs] == [BACKEND_MALFORMED]
+    assert "milliseconds" in logs[0]["problem"]
+    assert SID not in repr(logs)
+
+
+def test_other_stored_times_are_checked_too() -> None:
+    """``last_seen`` (section 11) is not part of the record, but a store's row holding
+    it in milliseconds is malformed all the same."""
+    with pytest.raises(MalformedRecord, match=r"last_seen.*milliseconds"):
+        build_record(SID, {"user_id": "u", "status": "active", "last_seen": 1767225600000})
+    assert build_record(SID, {"user_id": "u", "status": "active", "last_seen": 1767225600})

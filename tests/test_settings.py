@@ -28,6 +28,10 @@ ENV = {
     "SESSIONMW_BUS": "redis://127.0.0.1:6379/0",
     "SESSIONMW_STREAM": "app:invalidations",
     "SESSIONMW_BUS_OUTAGE_TTL": "3",
+    "SESSIONMW_SESSION_LIFETIME": "3600",
+    "SESSIONMW_IDLE_TIMEOUT": "900",
+    "SESSIONMW_TOUCH_INTERVAL": "30",
+    "SESSIONMW_MAX_SESSIONS_PER_USER": "5",
 }
 
 EXPECTED: dict[str, Any] = {
@@ -45,6 +49,10 @@ EXPECTED: dict[str, Any] = {
     "bus": "redis://127.0.0.1:6379/0",
     "stream": "app:invalidations",
     "bus_outage_ttl": 3.0,
+    "session_lifetime": 3600.0,
+    "idle_timeout": 900.0,
+    "touch_interval": 30.0,
+    "max_sessions_per_user": 5,
 }
 
 
@@ -101,8 +109,9 @@ def test_unknown_mapping_key_is_an_error() -> None:
     with pytest.raises(ConfigError, match="ttl_seconds") as info:
         Settings.from_mapping({"ttl_seconds": 3})
     assert info.value.key == "ttl_seconds"
-    with pytest.raises(TypeError):
+    with pytest.raises(ConfigError, match="ttl_seconds: unknown setting") as info:
         Settings(ttl_seconds=3)  # type: ignore[call-arg]
+    assert info.value.key == "ttl_seconds"
 
 
 BAD_VALUES = [
@@ -179,3 +188,14 @@ def test_settings_are_hashable_and_immutable() -> None:
     assert hash(Settings(exempt_paths=["/a"])) == hash(Settings(exempt_paths=("/a",)))
     with pytest.raises(AttributeError):
         Settings().ttl = 3  # type: ignore[misc]
+
+
+def test_touch_interval_must_be_below_idle_timeout() -> None:
+    """last_seen must reach the store well within the idle timeout (SPEC section 11)."""
+    with pytest.raises(ConfigError) as info:
+        Settings(idle_timeout=60, touch_interval=60)
+    assert info.value.key == "touch_interval"
+    with pytest.raises(ConfigError, match="touch_interval"):
+        Settings.from_env({"SESSIONMW_IDLE_TIMEOUT": "30", "SESSIONMW_TOUCH_INTERVAL": "45"})
+    assert Settings(idle_timeout=61, touch_interval=60).idle_timeout == 61
+    assert Settings(touch_interval=600).idle_timeout == 0, "no idle timeout: no constraint"

@@ -11,9 +11,9 @@ import pytest
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from sessionmw import ConfigError, SessionRecord, Settings
+from sessionmw._body import MAX_BODY
 from sessionmw._environ import environ_key, read_body
 from sessionmw.backends import MemoryBackend
-from sessionmw.hook import MAX_BODY
 from sessionmw.signing import new_secret, signed_request
 from sessionmw.wsgi import ENVIRON_KEY, DeviceSessionMiddleware
 from tests.hook_cases import HOOK_PATH as HOOK
@@ -121,11 +121,23 @@ def test_settings_object_and_overrides(backend: MemoryBackend) -> None:
     assert app.settings.exempt_paths == ("/p",)
     assert DeviceSessionMiddleware(Inner(), {"backend": backend}).settings.backend is backend
     with pytest.raises(ConfigError) as info:
-        DeviceSessionMiddleware(Inner(), backend=backend, tll=5)
+        DeviceSessionMiddleware(Inner(), backend=backend, tll=5)  # type: ignore[call-arg]
     assert info.value.key == "tll"
     with pytest.raises(ConfigError) as info:
         DeviceSessionMiddleware(Inner(), backend=backend, ttl=-1)
     assert info.value.key == "ttl"
+
+
+def test_misspelt_keyword_names_it_and_suggests(backend: MemoryBackend) -> None:
+    """DeviceSessionMiddleware(app, tll=5): a ConfigError naming "tll", suggesting "ttl"."""
+    with pytest.raises(ConfigError) as info:
+        DeviceSessionMiddleware(Inner(), backend=backend, tll=5)  # type: ignore[call-arg]
+    assert info.value.key == "tll"
+    assert "did you mean 'ttl'" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        DeviceSessionMiddleware(Inner(), {"backend": backend, "exempt_path": ["/x"]})
+    assert info.value.key == "exempt_path"
+    assert "did you mean 'exempt_paths'" in str(info.value)
 
 
 def test_one_gate_for_alike_middlewares(backend: MemoryBackend) -> None:
@@ -241,11 +253,18 @@ def test_unterminated_stream_without_length_is_not_read(backend: MemoryBackend) 
     assert stream.read_bytes == 0
 
 
-@pytest.mark.parametrize("length", ["abc", "-1", "1e3"])
+@pytest.mark.parametrize("length", ["abc", "-1", "1e3", "+2", "\u0662", "2, 2", "0x2"])
 def test_unreadable_content_length_refused(backend: MemoryBackend, length: str) -> None:
-    """A Content-Length that is not a number is refused like an oversized one."""
-    environ = hook_environ(b"{}", {}, CONTENT_LENGTH=length)
+    """A Content-Length that is not a plain decimal is 400 invalid_payload, body unread
+    (``int()`` would take several of these); digits past the limit are 413."""
+    stream = CountingStream(2)
+    environ = hook_environ(b"", {}, CONTENT_LENGTH=length, **{"wsgi.input": stream})
+    status, _, answer = call(hook_app(backend), environ)
+    assert (status, json.loads(answer)) == (400, {"error": "invalid_payload"})
+    assert stream.read_bytes == 0
+    environ = hook_environ(b"", {}, CONTENT_LENGTH="1" * 5000, **{"wsgi.input": stream})
     assert call(hook_app(backend), environ)[0] == 413
+    assert stream.read_bytes == 0
 
 
 def test_broken_stream_is_400_not_500(backend: MemoryBackend) -> None:

@@ -6,6 +6,10 @@ import os
 
 from django.core.asgi import get_asgi_application
 
+from sessionmw.contrib.django.asgi import guard
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "examples.django_app.settings")
 
-application = get_asgi_application()
+# The guard refuses an oversized hook body before Django's ASGI handler reads it
+# whole (SPEC section 8); every other request goes straight to Django.
+application = guard(get_asgi_application())

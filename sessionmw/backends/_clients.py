@@ -15,7 +15,9 @@ import os
 import threading
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
+
+from sessionmw import _fork
 
 __all__ = ["Clients"]
 
@@ -30,18 +32,6 @@ class _AsyncClosable(Protocol):
 
 S = TypeVar("S", bound=_Closable)
 A = TypeVar("A", bound=_AsyncClosable)
-
-_INSTANCES: weakref.WeakSet[Clients[Any, Any]] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    # A lock held by a parent thread at fork time would never be released in the child.
-    for clients in list(_INSTANCES):
-        clients._lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Clients(Generic[S, A]):
@@ -70,7 +60,11 @@ class Clients(Generic[S, A]):
         )
         self._pid = os.getpid()
         self._lock = threading.Lock()
-        _INSTANCES.add(self)
+        _fork.register(self)
+
+    def _reset_after_fork(self) -> None:
+        # A lock held by a parent thread at fork time would never be released here.
+        self._lock = threading.Lock()
 
     @property
     def sync_only(self) -> bool:

@@ -1,9 +1,12 @@
 """An auth service answering ``GET`` per session (``http://…/{session_id}``, ``https://…``).
 
 ``{session_id}`` in the URL is replaced by the URL-quoted ID (every reserved
-character escaped, ``/`` included). 200 with a JSON object of the record's fields:
-found (a ``session_id`` in the body must match the one asked for); 404: unknown;
-any other status, a timeout or a connection error: :class:`BackendUnavailable`.
+character escaped, ``/`` included), always exactly one path segment: an ID made
+only of dots (``.``, ``..``) has its dots percent-encoded (``%2E``), since a literal
+dot segment would be resolved away and address the template's parent. 200 with a
+JSON object of the record's fields: found (a ``session_id`` in the body must match
+the one asked for); 404: unknown; any other status, a timeout or a connection
+error: :class:`BackendUnavailable`.
 
 Clients are built on first use: one ``httpx.Client`` for the sync path and one
 ``httpx.AsyncClient`` per event loop. A process that forks drops the clients it
@@ -27,7 +30,7 @@ from sessionmw.backends._errors import scrub, within
 from sessionmw.errors import BackendUnavailable, ConfigError
 from sessionmw.records import SessionRecord, record_or_none
 
-__all__ = ["PLACEHOLDER", "HTTPBackend"]
+__all__ = ["PLACEHOLDER", "HTTPBackend", "quote_segment"]
 
 PLACEHOLDER = "{session_id}"
 _SOURCE = "http"
@@ -40,6 +43,19 @@ def _ssl_context() -> ssl.SSLContext:
 
 
 _C = TypeVar("_C", httpx.Client, httpx.AsyncClient)
+
+
+def quote_segment(session_id: str) -> str:
+    """``session_id`` as one URL path segment: every reserved character escaped, and
+    the dots of an all-dots ID too (``.`` and ``..`` are dot segments, which URL
+    resolution removes; ``%2E`` is left as it is by httpx and by RFC 3986 clients).
+
+    >>> quote_segment("a/b"), quote_segment(".."), quote_segment("a.b")
+    ('a%2Fb', '%2E%2E', 'a.b')
+    """
+    if session_id.strip(".") == "":
+        return "%2E" * len(session_id)
+    return quote(session_id, safe="")
 
 
 def _build(cls: type[_C], timeout: float) -> _C:
@@ -81,7 +97,7 @@ class HTTPBackend:
 
     def url_for(self, session_id: str) -> str:
         """The URL asked for ``session_id``."""
-        return self.url.replace(PLACEHOLDER, quote(session_id, safe=""))
+        return self.url.replace(PLACEHOLDER, quote_segment(session_id))
 
     # -- clients -----------------------------------------------------------------
 
@@ -103,7 +119,7 @@ class HTTPBackend:
     # -- lookups -----------------------------------------------------------------
 
     def _unavailable(self, exc: BaseException, session_id: str) -> BackendUnavailable:
-        text = scrub(str(exc).strip(), session_id, quote(session_id, safe=""))
+        text = scrub(str(exc).strip(), session_id, quote_segment(session_id))
         message = f"HTTP backend unavailable: {type(exc).__name__}"
         return BackendUnavailable(f"{message}: {text}" if text else message)
 

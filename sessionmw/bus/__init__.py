@@ -1,26 +1,48 @@
 """Invalidation buses: how an event reaches every process (SPEC section 8, bus).
 
-A bus publishes events (from the hook or the CLI) and, in every process, runs one
-subscriber that applies the events it reads to that process's cache. ``local://``
-is the single-process bus: publishing is a no-op because the hook already applied
-the events locally. ``redis://`` uses a Redis Stream.
+A bus publishes events (from the hook, ``Sessions`` or the CLI) and, in every
+process, runs one subscriber that reports what it reads to a :class:`BusSink`: the
+gate, which applies events to its cache and owns the policy around them (the outage
+TTL while disconnected, the flush on a gap, the lag histogram). A bus never touches
+a cache itself.
+
+``local://`` is the single-process bus: publishing is a no-op because the events
+were already applied where they were received. ``redis://`` (and ``rediss://``,
+``unix://``) uses a Redis Stream.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
-from urllib.parse import urlsplit
+from collections.abc import Sequence
+from typing import Protocol
 
 from sessionmw._compat import require_extra
 from sessionmw.errors import ConfigError
 from sessionmw.events import Event
 from sessionmw.replay import LocalReplayGuard, ReplayGuard
+from sessionmw.settings import scheme_kind
 
-if TYPE_CHECKING:
-    from sessionmw.cache import MemoryCache
+__all__ = ["Bus", "BusSink", "LocalBus", "bus_from_url", "publish"]
 
-__all__ = ["Bus", "LocalBus", "bus_from_url"]
+
+class BusSink(Protocol):
+    """Where a bus subscriber reports; the gate implements it."""
+
+    def bus_event(self, event: Event, sent_at: float | None) -> None:
+        """Apply one event read from the bus (``sent_at``: the publisher's wall clock)."""
+        ...
+
+    def bus_connected(self) -> None:
+        """The subscriber is connected and has read up to the stream's end."""
+        ...
+
+    def bus_disconnected(self) -> None:
+        """The subscriber is not (or not yet) connected: events may be missed."""
+        ...
+
+    def bus_gap(self, reason: str) -> None:
+        """Events this process had not seen are gone: what it cached may be stale."""
+        ...
 
 
 class Bus(Protocol):
@@ -29,7 +51,7 @@ class Bus(Protocol):
     @property
     def connected(self) -> bool: ...
 
-    def start(self, cache: MemoryCache, apply: Callable[[Event], None]) -> None:
+    def start(self, sink: BusSink) -> None:
         """Start this process's subscriber (idempotent; called in the worker, after fork)."""
         ...
 
@@ -38,7 +60,8 @@ class Bus(Protocol):
         ...
 
     def publish(self, events: Sequence[Event]) -> None:
-        """Make the events reach every process; raises BusUnavailable."""
+        """Make the events reach every process, whole batch or nothing; raises
+        :class:`~sessionmw.BusUnavailable`."""
         ...
 
     async def apublish(self, events: Sequence[Event]) -> None: ...
@@ -57,11 +80,14 @@ class LocalBus:
     def __init__(self) -> None:
         self._guard = LocalReplayGuard()
 
+    def __repr__(self) -> str:
+        return "<LocalBus>"
+
     @property
     def connected(self) -> bool:
         return True
 
-    def start(self, cache: MemoryCache, apply: Callable[[Event], None]) -> None:
+    def start(self, sink: BusSink) -> None:
         return None
 
     def stop(self) -> None:
@@ -81,14 +107,33 @@ class LocalBus:
         self._guard.reset()
 
 
-def bus_from_url(url: str, *, stream: str, outage_ttl: float) -> Bus:
-    """Build the bus a ``bus`` setting names."""
-    scheme = urlsplit(url).scheme.lower()
-    if scheme == "local":
+def bus_from_url(url: str, *, stream: str, timeout: float = 2.0) -> Bus:
+    """Build the bus a ``bus`` setting names (the driver is imported here, at start-up)."""
+    kind = scheme_kind("bus", url)
+    if kind == "local":
         return LocalBus()
-    if scheme in ("redis", "rediss", "unix"):
+    if kind == "redis":
         with require_extra("redis", "redis", feature="the redis:// bus"):
             from sessionmw.bus.redis import RedisBus
 
-        return RedisBus(url, stream=stream, outage_ttl=outage_ttl)
-    raise ConfigError("bus", f"unsupported URL scheme {scheme!r}")
+        return RedisBus(url, stream=stream, timeout=timeout)
+    raise ConfigError("bus", f"unsupported URL {url.split(':', 1)[0]!r}")
+
+
+def publish(url: str, events: Sequence[Event], *, stream: str, timeout: float = 2.0) -> list[str]:
+    """Publish events once, without a subscriber (``sessionmw revoke --bus``, scripts).
+
+    Returns the IDs the bus gave the events, where it has such IDs (stream entries).
+    Raises :class:`~sessionmw.BusUnavailable` when the bus cannot take them.
+    """
+    bus = bus_from_url(url, stream=stream, timeout=timeout)
+    if isinstance(bus, LocalBus):
+        raise ConfigError("bus", "local:// reaches no other process; give a redis:// URL")
+    try:
+        publish_ids = getattr(bus, "publish_ids", None)
+        if callable(publish_ids):
+            return list(publish_ids(events))
+        bus.publish(events)
+        return []
+    finally:
+        bus.stop()

@@ -19,8 +19,9 @@ cursor) or deleted (``max-deleted-entry-id``), a stream that disappeared or was
 recreated (last ID behind the cursor, ``entries-added`` going backwards or behind
 the cursor's position, more entries after the cursor than were ever added after
 it), or a restarted Redis without the stream all flush the cache and log
-``bus.gap_detected``. While disconnected the
-cache re-checks anything older than ``bus_outage_ttl`` with the backend.
+``bus.gap_detected``. The bus reports to its sink (the gate): events, connects,
+disconnects and gaps; the gate decides what they mean for its cache (a flush on a
+gap, ``bus_outage_ttl`` while disconnected).
 
 Replay dedupe of ``webhook-id`` values lives in Redis too (:class:`RedisReplayGuard`,
 ``SET NX EX``) so a retry that lands on another worker is recognised.
@@ -47,7 +48,6 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
-from sessionmw._histogram import REVOCATION_LAG_BUCKETS, Histogram
 from sessionmw._log import (
     BUS_BAD_ENTRY,
     BUS_CONNECTED,
@@ -61,14 +61,13 @@ from sessionmw.errors import BusUnavailable, ConfigError, InvalidPayload
 from sessionmw.events import Event, UserSessionsRevoked, describe, from_fields, to_fields
 
 if TYPE_CHECKING:
-    from sessionmw.cache import MemoryCache
+    from sessionmw.bus import BusSink
 
 __all__ = [
     "MAXLEN",
     "REPLAY_WINDOW",
     "RedisBus",
     "RedisReplayGuard",
-    "publish_events",
 ]
 
 #: Approximate stream length kept by every XADD (``MAXLEN ~``).
@@ -168,11 +167,8 @@ class _Lag:
         self.recent: collections.deque[float] = collections.deque(maxlen=window)
         self.last: float | None = None
         self.max: float | None = None
-        #: Every lag, in seconds, in fixed buckets (exported by sessionmw.metrics).
-        self.histogram = Histogram(REVOCATION_LAG_BUCKETS)
 
     def add(self, lag_ms: float) -> None:
-        self.histogram.observe(lag_ms / 1000)
         with self.lock:
             self.recent.append(lag_ms)
             self.last = lag_ms
@@ -213,8 +209,8 @@ def _default_wait(event: threading.Event, seconds: float) -> bool:
 class RedisBus:
     """A Redis Stream shared by every process (SPEC section 8, ``redis://``).
 
-    ``stream``: the stream key. ``outage_ttl``: the cache's max age while the
-    subscriber is not connected and caught up. The keyword-only tuning knobs exist
+    ``stream``: the stream key. The subscriber reports to the sink given to
+    :meth:`start`. The keyword-only tuning knobs exist
     for tests and unusual deployments: ``block_ms`` (XREAD BLOCK, also the longest
     :meth:`stop` waits for the thread), ``check_interval`` (seconds between gap
     checks while connected), ``backoff_base``/``backoff_cap`` (reconnect delays,
@@ -227,7 +223,6 @@ class RedisBus:
         url: str,
         *,
         stream: str,
-        outage_ttl: float,
         block_ms: int = 1000,
         check_interval: float = 5.0,
         backoff_base: float = 0.1,
@@ -244,7 +239,6 @@ class RedisBus:
             raise ConfigError("stream", "must be a non-empty string")
         self.url = url
         self.stream = stream
-        self.outage_ttl = outage_ttl
         self.block_ms = int(block_ms)
         self.check_interval = check_interval
         self.backoff_base = backoff_base
@@ -264,8 +258,7 @@ class RedisBus:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._sub_client: redis.Redis | None = None
-        self._cache: MemoryCache | None = None
-        self._apply: Callable[[Event], None] | None = None
+        self._sink: BusSink | None = None
         self._connected = False
         self._reset_position()
         self._reset_counters()
@@ -302,18 +295,13 @@ class RedisBus:
     def replay_guard(self) -> RedisReplayGuard:
         return self._guard
 
-    @property
-    def lag_histogram(self) -> Histogram:
-        """Revocation lag of every applied entry, in seconds (for sessionmw.metrics)."""
-        return self._lag.histogram
-
-    def start(self, cache: MemoryCache, apply: Callable[[Event], None]) -> None:
+    def start(self, sink: BusSink) -> None:
         """Start this process's subscriber thread (idempotent)."""
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 return
-            self._cache, self._apply = cache, apply
-            cache.set_max_age(self.outage_ttl)
+            self._sink = sink
+            sink.bus_disconnected()  # until the first connect has caught up
             if self._cursor is None and not self._started_ms:
                 self._started_ms = int(time.time() * 1000)
             self._stop = threading.Event()
@@ -336,8 +324,8 @@ class RedisBus:
             self._interrupt()
             thread.join(self.block_ms / 1000 + self.timeout + 1)
         self._connected = False
-        if self._cache is not None:
-            self._cache.set_max_age(self.outage_ttl)
+        if self._sink is not None:
+            self._sink.bus_disconnected()
         self._clients.close()
 
     def after_fork(self) -> None:
@@ -355,16 +343,23 @@ class RedisBus:
         self._reset_counters()
 
     def publish(self, events: Sequence[Event]) -> None:
-        """XADD one entry per event (one round trip); raises BusUnavailable."""
+        """XADD one entry per event, all or none (one MULTI/EXEC round trip);
+        raises BusUnavailable."""
+        self.publish_ids(events)
+
+    def publish_ids(self, events: Sequence[Event]) -> list[str]:
+        """Like :meth:`publish`, returning the entry IDs the stream gave the events."""
         if not events:
-            return
+            return []
         try:
-            pipe = self._clients.sync().pipeline(transaction=False)
-            for event in events:
-                pipe.xadd(self.stream, _stream_fields(event), maxlen=MAXLEN, approximate=True)  # type: ignore[arg-type]
-            pipe.execute()
+            fields = [_stream_fields(event) for event in events]
+            pipe = self._clients.sync().pipeline(transaction=True)
+            for entry in fields:
+                pipe.xadd(self.stream, entry, maxlen=MAXLEN, approximate=True)  # type: ignore[arg-type]
+            ids = pipe.execute()
         except RedisError as exc:
             raise BusUnavailable(f"Redis bus unavailable: {type(exc).__name__}") from None
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
     async def apublish(self, events: Sequence[Event]) -> None:
         """Like :meth:`publish`, in a worker thread so the event loop never blocks."""
@@ -445,8 +440,8 @@ class RedisBus:
     def _lost(self, exc: BaseException) -> None:
         was = self._connected
         self._connected = False
-        if self._cache is not None:
-            self._cache.set_max_age(self.outage_ttl)
+        if self._sink is not None:
+            self._sink.bus_disconnected()
         if was:
             self._reconnects += 1
             self._log.warning(BUS_DISCONNECTED, stream=self.stream, error=type(exc).__name__)
@@ -466,9 +461,9 @@ class RedisBus:
         while not self._sync(client, restarted=restarted):
             restarted = False
         self._connects += 1
+        if self._sink is not None:
+            self._sink.bus_connected()
         self._connected = True
-        if self._cache is not None:
-            self._cache.set_max_age(None)
         self._log.info(
             BUS_CONNECTED,
             stream=self.stream,
@@ -507,8 +502,8 @@ class RedisBus:
             if isinstance(event, UserSessionsRevoked) and event.before is None:
                 event = dataclasses.replace(event, before=entry_id[0] / 1000)
             try:
-                assert self._apply is not None
-                self._apply(event)
+                assert self._sink is not None
+                self._sink.bus_event(event, entry_id[0] / 1000)
             except Exception:  # one bad apply must not stop the stream
                 self._log.exception(BUS_BAD_ENTRY, stream=self.stream, problem="apply failed")
                 continue
@@ -641,18 +636,6 @@ class RedisBus:
 
     def _gap(self, reason: str) -> None:
         self._gaps += 1
-        if self._cache is not None:
-            self._cache.clear()
         self._log.warning(BUS_GAP_DETECTED, stream=self.stream, reason=reason)
-
-
-def publish_events(url: str, stream: str, events: Sequence[Event], *, timeout: float = 2.0) -> None:
-    """Append events to a stream once, without a subscriber (``sessionmw revoke --bus``).
-
-    Raises :class:`~sessionmw.errors.BusUnavailable` when Redis cannot take them.
-    """
-    bus = RedisBus(url, stream=stream, outage_ttl=0, timeout=timeout)
-    try:
-        bus.publish(events)
-    finally:
-        bus.stop()
+        if self._sink is not None:
+            self._sink.bus_gap(reason)

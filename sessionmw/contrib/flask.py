@@ -21,6 +21,7 @@ set, a blueprint named ``sessionmw`` serves the invalidation hook.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Mapping
 from io import BytesIO
 from typing import Any, TypeVar
@@ -31,17 +32,20 @@ with require_extra("flask", "flask", feature="sessionmw.contrib.flask"):
     from flask import Blueprint, Flask, Response, current_app, g, request
 
 from sessionmw._environ import environ_key, serve_hook
+from sessionmw.answers import Answer
 from sessionmw.errors import ConfigError
-from sessionmw.gate import Gate, Rejection, gate_for
-from sessionmw.hook import HookResponse
-from sessionmw.settings import Settings
+from sessionmw.gate import Gate, gate_for
+from sessionmw.hook import InvalidationHook
+from sessionmw.settings import Settings, unknown_key
 
 __all__ = ["CONFIG_PREFIX", "SessionMW", "SessionMWState", "exempt"]
 
 CONFIG_PREFIX = "SESSIONMW_"
 EXTENSION_KEY = "sessionmw"
 _EXEMPT_ATTR = "sessionmw_exempt"
-# Every method the hook answers (405 for all but POST); Flask's own 405 covers the rest.
+# The methods of the hook's URL rule (for url_for and url_map listings). Requests to
+# the hook path are answered before routing matters, whatever their method: 405 with
+# ``Allow: POST`` for all but POST, TRACE and PROPFIND included.
 _HOOK_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -65,30 +69,60 @@ def settings_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
     known = set(Settings.keys())
     values: dict[str, Any] = {}
     for name, value in config.items():
-        if not name.startswith(CONFIG_PREFIX):
+        if not isinstance(name, str) or not name.startswith(CONFIG_PREFIX):
             continue
         key = name[len(CONFIG_PREFIX) :].lower()
         if key not in known:
-            raise ConfigError(name, "unknown Flask config key (check the spelling)")
+            raise _unknown_config_key(name, key, known)
         values[key] = value
     return values
 
 
-def _response(answer: Rejection | HookResponse) -> Response:
+def _unknown_config_key(name: str, key: str, known: set[str]) -> ConfigError:
+    """A misspelt ``SESSIONMW_`` key, suggesting the closest config key by its own name.
+
+    Matched on the part after the prefix (the shared prefix would make every key look
+    close), suggested as the config key to write: ``SESSIONMW_TLL`` -> ``SESSIONMW_TTL``.
+    """
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    if not close:
+        return unknown_key(key, known, name=name)
+    return ConfigError(
+        name, f"unknown setting (did you mean {CONFIG_PREFIX + close[0].upper()!r}?)"
+    )
+
+
+def _response(answer: Answer) -> Response:
     return current_app.response_class(
         answer.body, status=answer.status, headers=list(answer.headers)
     )
 
 
+def _serve_hook(hook: InvalidationHook, environ: Mapping[str, Any]) -> Response:
+    # The server's raw stream, not request.stream: the body limit and the
+    # Content-Length check are ours, before Flask or werkzeug parse anything.
+    answer = serve_hook(
+        hook,
+        environ,
+        environ.get("wsgi.input") or BytesIO(),
+        terminated=bool(environ.get("wsgi.input_terminated")),
+    )
+    return _response(answer)
+
+
 class SessionMWState:
     """What the extension keeps per app, at ``app.extensions["sessionmw"]``."""
 
-    __slots__ = ("extension", "gate", "settings")
+    __slots__ = ("extension", "gate", "sessions", "settings")
 
     def __init__(self, extension: SessionMW, settings: Settings, gate: Gate) -> None:
+        from sessionmw.sessions import Sessions
+
         self.extension = extension
         self.settings = settings
         self.gate = gate
+        #: The gate's :class:`~sessionmw.Sessions` (login, logout, devices).
+        self.sessions = Sessions(gate)
 
 
 class SessionMW:
@@ -126,14 +160,7 @@ class SessionMW:
             hook = gate.hook
 
             def invalidation_hook() -> Response:
-                environ = request.environ
-                answer = serve_hook(
-                    hook,
-                    environ,
-                    environ.get("wsgi.input") or BytesIO(),
-                    terminated=bool(environ.get("wsgi.input_terminated")),
-                )
-                return _response(answer)
+                return _serve_hook(hook, request.environ)
 
             blueprint.add_url_rule(
                 gate.hook_path,
@@ -147,7 +174,7 @@ class SessionMW:
 
         key = environ_key(gate.header)
         view_functions = app.view_functions
-        exempt_methods, exempt_prefixes = gate.exempt_methods, gate.exempt_prefixes or None
+        exempt_methods, exempt_path = gate.exempt_methods, gate.exempt_path
         hit, check = gate.hit, gate.check
 
         def check_session() -> Response | None:
@@ -157,23 +184,27 @@ class SessionMW:
             req = request._get_current_object()  # type: ignore[attr-defined]
             app_globals = g._get_current_object()
             app_globals.device_session = None
+            environ = req.environ
+            served = gate.hook
+            if served is not None and environ.get("PATH_INFO") == gate.hook_path:
+                # Every method, routed or not (TRACE, PROPFIND...): the hook answers
+                # for itself (405 with Allow: POST), never the session check.
+                return _serve_hook(served, environ)
             rule = req.url_rule
             if rule is not None and (
                 rule.endpoint == hook_endpoint
                 or getattr(view_functions.get(rule.endpoint), _EXEMPT_ATTR, False)
             ):
                 return None
-            environ = req.environ
             if environ.get("REQUEST_METHOD") in exempt_methods or (
-                exempt_prefixes is not None
-                and environ.get("PATH_INFO", "").startswith(exempt_prefixes)
+                exempt_path is not None and exempt_path(environ.get("PATH_INFO", ""))
             ):
                 return None
             value = environ.get(key)
             record = hit(value)
             if record is None:
                 outcome = check(value)
-                if isinstance(outcome, Rejection):
+                if isinstance(outcome, Answer):
                     return _response(outcome)
                 record = outcome
             app_globals.device_session = record

@@ -28,6 +28,8 @@ def invalidation_hook(request: HttpRequest) -> HttpResponse:
             gate.hook, meta, wsgi_input, terminated=bool(meta.get("wsgi.input_terminated"))
         )
     else:
-        # ASGI: Django has spooled the body; the limit still applies before hashing.
+        # ASGI: Django has read the whole body already (in front of Django,
+        # sessionmw.contrib.django.asgi.guard refuses an oversized one unread); the
+        # limit and the Content-Length check still apply here, before hashing.
         answer = serve_hook(gate.hook, meta, request, terminated=True)
     return response_for(answer)
