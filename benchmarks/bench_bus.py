@@ -14,6 +14,14 @@ Run with ``python -m benchmarks.bench_bus`` (needs Redis; ``--redis URL``, defau
   cached) with the Redis bus connected and idle vs ``local://``. Wall-clock time, so
   anything the subscriber thread takes from the request path would show. Rounds are
   interleaved; the ratio is the median of per-round ratios. Target: >= 0.97x.
+* **Sessions.revoke -> refused on all 4 workers**: 4 worker processes, each with a
+  gate on the Redis bus and the shared Redis store. The parent creates a session
+  with :class:`~sessionmw.Sessions` (same store, same bus), has every worker admit
+  it (cached as active), calls ``Sessions.revoke`` and measures from just before the
+  call until the *last* worker's cache refuses the session (each worker notes
+  ``time.time_ns()`` when the revocation is applied, then checks that its gate
+  answers 401). p50, p99 and max over 200 revocations (``--quick``: 50), and the
+  duration of the ``revoke`` call itself (store write + publish).
 """
 
 from __future__ import annotations
@@ -146,6 +154,121 @@ def propagation(url: str, events: int, interval: float) -> dict[str, float]:
     }
 
 
+# -- Sessions.revoke to every worker ------------------------------------------------
+
+
+class _WatchingCache(MemoryCache):
+    """Notes when the revocation of the watched session is applied."""
+
+    watched: str | None = None
+    applied_ns: int = 0
+    done: threading.Event
+
+    def mark_revoked(self, session_id: str) -> None:
+        super().mark_revoked(session_id)
+        if session_id == self.watched:
+            self.applied_ns = time.time_ns()
+            self.done.set()
+
+
+def _revoke_worker(url: str, stream: str, conn: Connection) -> None:
+    """Admit each session the parent names, then report when its revocation arrived."""
+    from sessionmw.answers import Answer
+    from sessionmw.backends import backend_from_url
+
+    _quiet()
+    store = backend_from_url(url)  # the Redis store the parent's Sessions writes to
+    cache = _WatchingCache(store)
+    cache.done = threading.Event()
+    gate = Gate(Settings(backend=store, bus=url, stream=stream), cache=cache)
+    gate.start()
+    if not _wait(lambda: gate.bus.connected, 10):
+        conn.send("not connected")
+        return
+    conn.send("ready")
+    while True:
+        session_id = conn.recv()
+        if session_id is None:
+            break
+        cache.done.clear()
+        cache.watched = session_id
+        admitted = not isinstance(gate.check(session_id), Answer)
+        conn.send(("admitted", admitted and cache.hit(session_id) is not None))
+        if not cache.done.wait(10):
+            conn.send(("timeout", 0))
+            continue
+        refused = gate.check(session_id)
+        ok = isinstance(refused, Answer) and refused.status == 401
+        conn.send(("refused" if ok else "still allowed", cache.applied_ns))
+    gate.stop()
+
+
+def revoke_to_workers(url: str, revocations: int) -> dict[str, float]:
+    """Sessions.revoke in the parent -> refused by every one of WORKERS workers."""
+    import redis
+
+    from sessionmw.backends.redis import USER_PREFIX, session_key
+    from sessionmw.sessions import Sessions
+
+    stream = f"sessionmw:bench:{uuid.uuid4().hex}"
+    user = f"bench-revoke-{uuid.uuid4().hex[:8]}"
+    sessions = Sessions(backend=url, bus=url, stream=stream, session_lifetime=600)
+    context = multiprocessing.get_context("spawn")
+    pipes, procs = [], []
+    for _ in range(WORKERS):
+        parent, child = context.Pipe()
+        proc = context.Process(target=_revoke_worker, args=(url, stream, child), daemon=True)
+        proc.start()
+        pipes.append(parent)
+        procs.append(proc)
+    made: list[str] = []
+    latencies: list[float] = []
+    calls: list[float] = []
+    try:
+        for pipe in pipes:
+            if not pipe.poll(60) or pipe.recv() != "ready":
+                raise RuntimeError("a worker did not connect to Redis")
+        for _ in range(revocations):
+            session_id = sessions.create(user).session_id
+            made.append(session_id)
+            for pipe in pipes:
+                pipe.send(session_id)
+            for pipe in pipes:
+                if not pipe.poll(10) or pipe.recv() != ("admitted", True):
+                    raise RuntimeError("a worker did not admit the session")
+            start_ns = time.time_ns()
+            assert sessions.revoke(session_id)
+            calls.append((time.time_ns() - start_ns) / 1e6)
+            applied = []
+            for pipe in pipes:
+                if not pipe.poll(15):
+                    raise RuntimeError("a worker did not report")
+                outcome, when = pipe.recv()
+                if outcome != "refused":
+                    raise RuntimeError(f"a worker answered {outcome} after the revocation")
+                applied.append(when)
+            latencies.append((max(applied) - start_ns) / 1e6)
+        for pipe in pipes:
+            pipe.send(None)
+    finally:
+        for proc in procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+        sessions.gate.stop()
+        client = redis.Redis.from_url(url)
+        client.delete(stream, f"{USER_PREFIX}{user}", *(session_key(sid) for sid in made))
+        client.close()
+        sessions.gate.backend.close()  # type: ignore[attr-defined]
+    return {
+        "p50": _percentile(latencies, 0.50),
+        "p99": _percentile(latencies, 0.99),
+        "max": max(latencies),
+        "call_p50": _percentile(calls, 0.50),
+        "call_p99": _percentile(calls, 0.99),
+    }
+
+
 # -- hot path ----------------------------------------------------------------------
 
 
@@ -227,27 +350,42 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/15")
     parser.add_argument("--quick", action="store_true", help="fewer events and rounds")
+    parser.add_argument("--revocations", type=int, default=None, help="default 200 (quick: 50)")
     args = parser.parse_args(argv)
     _quiet()
     events, rounds, requests = (200, 5, 20_000) if args.quick else (1000, 15, 50_000)
+    revocations = args.revocations or (50 if args.quick else 200)
 
     prop = propagation(args.redis, events, 0.002)
+    revoked = revoke_to_workers(args.redis, revocations)
     hot = hot_path(args.redis, requests, rounds)
     ok_p99 = prop["p99"] < TARGET_P99_MS
+    ok_revoke = revoked["p99"] < TARGET_P99_MS
     ok_ratio = hot["ratio"] >= TARGET_RATIO
     rows = [
         (f"propagation to the last of {WORKERS} workers, p50", f"{prop['p50']:.2f} ms", ""),
         (f"propagation to the last of {WORKERS} workers, p99", f"{prop['p99']:.2f} ms",
          f"< {TARGET_P99_MS:g} ms {'ok' if ok_p99 else 'MISSED'}"),
         (f"propagation to the last of {WORKERS} workers, max", f"{prop['max']:.2f} ms", ""),
+        (f"Sessions.revoke -> refused on all {WORKERS} workers, p50",
+         f"{revoked['p50']:.2f} ms", ""),
+        (f"Sessions.revoke -> refused on all {WORKERS} workers, p99",
+         f"{revoked['p99']:.2f} ms", f"< {TARGET_P99_MS:g} ms {'ok' if ok_revoke else 'MISSED'}"),
+        (f"Sessions.revoke -> refused on all {WORKERS} workers, max",
+         f"{revoked['max']:.2f} ms", ""),
+        ("Sessions.revoke call (store + publish), p50 / p99",
+         f"{revoked['call_p50']:.2f} / {revoked['call_p99']:.2f} ms", ""),
         ("ASGI in-process, bus local://", f"{hot['local']:,.0f} req/s", ""),
         ("ASGI in-process, bus redis:// (idle)", f"{hot['redis']:,.0f} req/s", ""),
         ("redis:// / local:// (median of rounds)", f"{hot['ratio']:.3f}x",
          f">= {TARGET_RATIO:g}x {'ok' if ok_ratio else 'MISSED'}"),
     ]  # fmt: skip
-    print(f"events: {events} (one every 2 ms); hot path: {rounds} rounds x {requests:,} requests")
+    print(
+        f"events: {events} (one every 2 ms); revocations: {revocations} (Redis store and bus);"
+        f" hot path: {rounds} rounds x {requests:,} requests"
+    )
     print(format_table(["measure", "value", "target"], rows))
-    return 0 if ok_p99 and ok_ratio else 1
+    return 0 if ok_p99 and ok_ratio and ok_revoke else 1
 
 
 if __name__ == "__main__":

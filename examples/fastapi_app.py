@@ -5,20 +5,30 @@ for instance::
 
     SESSIONMW_BACKEND=redis://127.0.0.1:6379/0 uvicorn examples.fastapi_app:app
 
-Routes get the session through a dependency (:func:`device_session`), so they declare
-what they need and stay testable (override it with ``app.dependency_overrides``).
-``GET /healthz`` answers ``ok`` and is always exempt.
+Routes get the session and the :class:`~sessionmw.Sessions` through dependencies
+(:func:`device_session`, :func:`gate_sessions`), so they declare what they need and
+stay testable (override them with ``app.dependency_overrides``). ``GET /healthz``,
+``POST /login`` and the API docs (``/docs``, ``/redoc``, ``/openapi.json``) are
+exempt. The lifecycle routes are the same as the other examples': ``POST /login``
+(demo only: a real app authenticates first), ``POST /logout``,
+``POST /logout-others``, ``GET /devices``.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import PlainTextResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, Field
 
-from sessionmw import SessionRecord, Settings
-from sessionmw.asgi import DeviceSessionMiddleware
+from examples._store import MAX_USER_ID, prepare_store
+from sessionmw import BusUnavailable, SessionRecord, Settings
+from sessionmw.asgi import DeviceSessionMiddleware, sessions
+from sessionmw.sessions import Sessions
+
+EXEMPT = ("/healthz", "/login", "/docs", "/redoc", "/openapi.json")
 
 
 def device_session(request: Request) -> SessionRecord:
@@ -27,16 +37,50 @@ def device_session(request: Request) -> SessionRecord:
     return record
 
 
+def gate_sessions(request: Request) -> Sessions:
+    """The :class:`~sessionmw.Sessions` of the gate guarding this app."""
+    return sessions(request)
+
+
 Session = Annotated[SessionRecord, Depends(device_session)]
+SessionsDep = Annotated[Sessions, Depends(gate_sessions)]
+
+
+class Login(BaseModel):
+    """Demo login body: a real app authenticates the user first."""
+
+    user_id: str = Field(min_length=1, max_length=MAX_USER_ID)
+
+
+class Device(BaseModel):
+    session_id: str
+    issued_at: float | None
+    last_seen: float | None
+    current: bool
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The example app; settings default to the environment's."""
     settings = settings or Settings.from_env()
-    if "/healthz" not in settings.exempt_paths:
-        settings = settings.with_changes(exempt_paths=[*settings.exempt_paths, "/healthz"])
+    missing = [path for path in EXEMPT if path not in settings.exempt_paths]
+    if missing:
+        settings = settings.with_changes(exempt_paths=[*settings.exempt_paths, *missing])
+    prepare_store(settings)
     app = FastAPI(title="sessionmw FastAPI example")
     app.add_middleware(DeviceSessionMiddleware, settings)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # 400 like the other examples (FastAPI's default is 422).
+        return JSONResponse({"error": "invalid_request"}, status_code=400)
+
+    @app.exception_handler(BusUnavailable)
+    async def bus_unavailable(request: Request, exc: BusUnavailable) -> JSONResponse:
+        # The store is already right; the other workers learn of it within
+        # bus_outage_ttl (ttl at worst). Retrying the call is safe.
+        return JSONResponse(
+            {"error": "bus_unavailable"}, status_code=503, headers={"Retry-After": "1"}
+        )
 
     @app.get("/whoami")
     async def whoami(session: Session) -> dict[str, str]:
@@ -45,6 +89,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/healthz", response_class=PlainTextResponse)
     async def healthz() -> str:
         return "ok"
+
+    @app.post("/login")
+    async def login(body: Login, lifecycle: SessionsDep) -> dict[str, str]:
+        created = await lifecycle.acreate(body.user_id)
+        return {"session_id": created.session_id}
+
+    @app.post("/logout")
+    async def logout(session: Session, lifecycle: SessionsDep) -> dict[str, Any]:
+        return {"revoked": await lifecycle.arevoke(session.session_id)}
+
+    @app.post("/logout-others")
+    async def logout_others(session: Session, lifecycle: SessionsDep) -> dict[str, int]:
+        count = await lifecycle.arevoke_user(session.user_id, keep=session.session_id)
+        return {"revoked": count}
+
+    @app.get("/devices")
+    async def devices(session: Session, lifecycle: SessionsDep) -> list[Device]:
+        return [
+            Device(
+                session_id=s.session_id,
+                issued_at=s.issued_at,
+                last_seen=s.last_seen,
+                current=s.session_id == session.session_id,
+            )
+            for s in await lifecycle.alist(session.user_id)
+        ]
 
     return app
 

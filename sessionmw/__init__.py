@@ -4,10 +4,16 @@ Importing this package imports no web framework and no service driver; adapters
 live in :mod:`sessionmw.asgi`, :mod:`sessionmw.wsgi` and :mod:`sessionmw.contrib`.
 """
 
+from typing import TYPE_CHECKING
+
 from sessionmw._version import __version__
 from sessionmw.errors import BackendUnavailable, BusUnavailable, ConfigError, ReadOnlyStore
 from sessionmw.records import SessionRecord, SessionStatus, StoredSession
 from sessionmw.settings import Settings
+
+if TYPE_CHECKING:  # imported on first use at run time (see __getattr__)
+    from sessionmw.cache import MemoryCache
+    from sessionmw.sessions import Sessions
 
 __all__ = [
     "BackendUnavailable",

@@ -26,7 +26,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from sessionmw._log import get_logger
+from sessionmw._log import cause, get_logger
 from sessionmw.cache import MemoryCache
 
 __all__ = ["ActivityFlusher", "Toucher"]
@@ -68,12 +68,14 @@ class ActivityFlusher:
         self.pending: dict[str, float] = {}
         self.writes = 0
         self.failures = 0
+        self._failing = 0
         self._last_flush = clock()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._log = get_logger()
-        cache.set_fetch_observer(self.fetched)
+        if idle_timeout:  # latest is what idleness is judged by; nothing else reads it
+            cache.set_fetch_observer(self.fetched)
         cache.track_activity = True
 
     # -- called from request threads (full path only) ----------------------------
@@ -130,8 +132,9 @@ class ActivityFlusher:
             return
         with self._lock:
             latest, pending = self.latest, self.pending
+            track_latest = bool(self.idle_timeout)
             for key, when in taken.items():
-                if when > latest.get(key, 0.0):
+                if track_latest and when > latest.get(key, 0.0):
                     latest[key] = when
                 if when > pending.get(key, 0.0):
                     pending[key] = when
@@ -160,13 +163,17 @@ class ActivityFlusher:
             self.store.touch_many(sorted(batch.items()))
         except Exception as exc:
             self.failures += 1
-            self._log.warning(TOUCH_FAILED, sessions=len(batch), error=type(exc).__name__)
+            # One warning per outage (with the cause), not one per round.
+            log = self._log.warning if self._failing == 0 else self._log.debug
+            self._failing += 1
+            log(TOUCH_FAILED, sessions=len(batch), cause=cause(exc))
             with self._lock:
                 for key, when in batch.items():
                     if when > self.pending.get(key, 0.0):
                         self.pending[key] = when
             return
         self.writes += 1
+        self._failing = 0
 
     def _drop_idle(self, now: float) -> None:
         cache, limit = self.cache, self.idle_timeout

@@ -378,7 +378,7 @@ class DeviceSessionMiddleware:
                     entry.ref = True
                     cache._allowed_hits += 1
                     if activity is not None:
-                        activity[value] = now
+                        activity[entry.key] = now  # the cached ID string: no copy kept
                     try:
                         scope["state"]["device_session"] = record
                     except KeyError:  # a server without the lifespan state extension

@@ -299,7 +299,7 @@ class MemoryCache:
                     entry.ref = True
                     self._allowed_hits += 1
                     if self.track_activity:
-                        self._activity[session_id] = now
+                        self._activity[entry.key] = now
                     return record
         return None
 

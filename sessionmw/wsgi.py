@@ -135,7 +135,7 @@ class DeviceSessionMiddleware:
                     cache._allowed_hits += 1
                     activity = self._activity
                     if activity is not None:
-                        activity[value] = now
+                        activity[entry.key] = now  # the cached ID string: no copy kept
                     environ[ENVIRON_KEY] = record
                     return self.app(environ, start_response)
         return self._full(environ, start_response, value)

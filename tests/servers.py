@@ -3,7 +3,9 @@ with the stores and auth services they read, and raw clients to talk to them."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -43,20 +45,24 @@ def running(
     port: int,
     ready_path: str = "/healthz",
     timeout: float = 30.0,
+    output: Path | None = None,
 ) -> Iterator[str]:
-    """Start a server process, wait until ``ready_path`` answers, yield its base URL."""
+    """Start a server process, wait until ``ready_path`` answers, yield its base URL.
+
+    The server's output goes to ``output`` when given (for tests that read it), else
+    to a temporary file shown if the server exits early."""
     base = f"http://127.0.0.1:{port}"
     # Output goes to a file, not a pipe: nobody reads a pipe while the server runs,
     # and a chatty server would block once the pipe buffer filled.
-    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
+    log = output.open("w+b") if output else tempfile.TemporaryFile()  # noqa: SIM115
     proc = subprocess.Popen(argv, env=dict(env), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
                 log.seek(0)
-                output = log.read().decode(errors="replace")
-                raise RuntimeError(f"server exited with {proc.returncode}:\n{output}")
+                said = log.read().decode(errors="replace")
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{said}")
             try:
                 if httpx.get(base + ready_path, timeout=1).status_code < 500:
                     break
@@ -79,6 +85,45 @@ def stop(proc: subprocess.Popen[Any]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def access_logged(kind: str, app: str, port: int, log: Path, *extra: str) -> list[str]:
+    """``argv`` of ``app`` under ``kind`` (``gunicorn`` or ``uvicorn``) writing an access
+    log to ``log`` whose lines start with the worker's process ID (see :func:`served_by`)."""
+    if kind == "gunicorn":
+        return gunicorn(app, port, "--access-logfile", str(log),
+                        "--access-logformat", "%(p)s %(s)s %(m)s %(U)s %(q)s", *extra)  # fmt: skip
+    config = log.with_suffix(".logging.json")
+    handler = {"class": "logging.FileHandler", "filename": str(log), "formatter": "pid"}
+    access = {"handlers": ["file"], "level": "INFO", "propagate": False}
+    config.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "disable_existing_loggers": False,
+                "formatters": {"pid": {"format": "%(process)d %(message)s"}},
+                "handlers": {"file": handler},
+                "loggers": {"uvicorn.access": access},
+            }
+        )
+    )
+    return uvicorn(app, port, "--log-config", str(config), *extra)
+
+
+_GUNICORN_ACCESS = re.compile(r"^<?(\d+)>? \d{3} \w+ \S+ n=(\d+)")
+_UVICORN_ACCESS = re.compile(r'^(\d+) .*"\w+ \S+?\?n=(\d+) HTTP/[\d.]+" \d{3}')
+
+
+def served_by(kind: str, log: Path) -> dict[int, int]:
+    """Request number (the ``?n=`` query of each request) -> PID of the worker that
+    answered it, from an access log written as :func:`access_logged` sets up."""
+    pattern = _GUNICORN_ACCESS if kind == "gunicorn" else _UVICORN_ACCESS
+    found: dict[int, int] = {}
+    if log.exists():
+        for line in log.read_text(errors="replace").splitlines():
+            if match := pattern.match(line):
+                found[int(match.group(2))] = int(match.group(1))
+    return found
 
 
 def uvicorn(app: str, port: int, *extra: str) -> list[str]:
@@ -201,4 +246,14 @@ def simultaneous_gets(
     return answers
 
 
-__all__ = ["ROOT", "clean_env", "free_port", "gunicorn", "running", "stop", "uvicorn"]
+__all__ = [
+    "ROOT",
+    "access_logged",
+    "clean_env",
+    "free_port",
+    "gunicorn",
+    "running",
+    "served_by",
+    "stop",
+    "uvicorn",
+]

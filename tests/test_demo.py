@@ -8,10 +8,12 @@ import os
 import queue
 import re
 import shutil
+import sqlite3
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from typing import IO
 
 import httpx
@@ -100,10 +102,16 @@ def _shell(command: str) -> tuple[int, str]:
     return int(head.split()[1]), body
 
 
-def test_banner_lists_three_curl_commands_without_shell_variables(demo: Demo) -> None:
-    """Three self-contained commands: no $VARIABLES, no files, one line each."""
+def test_banner_lists_curl_commands_without_shell_variables(demo: Demo) -> None:
+    """Six self-contained commands (valid, unknown, signed revocation, login, devices,
+    logout-others): no $VARIABLES, no files, one line each."""
     steps = _steps(demo.output)
-    assert [status for status, _ in steps] == [200, 401, 200]
+    assert [status for status, _ in steps] == [200, 401, 200, 200, 200, 200]
+    assert [command.split()[-1].rsplit("/", 1)[-1] for _, command in steps[3:]] == [
+        "login",
+        "devices",
+        "logout-others",
+    ]
     for _, command in steps:
         assert "$" not in command
         assert "@" not in command, "no --data @file"
@@ -114,7 +122,7 @@ def test_printed_commands_give_the_advertised_answers(demo: Demo) -> None:
     """Valid -> 200 with alice; unknown -> 401; signed revocation -> applied; the
     valid session is then refused (401) although the store still says active;
     the revocation pasted again is a duplicate."""
-    (ok, valid), (bad, unknown), (applied, revocation) = _steps(demo.output)
+    (ok, valid), (bad, unknown), (applied, revocation) = _steps(demo.output)[:3]
     status, body = _shell(valid)
     assert (status, httpx.Response(200, content=body).json()["user_id"]) == (ok, "alice")
     assert _shell(unknown) == (bad, '{"error": "invalid_session"}')
@@ -137,3 +145,53 @@ def test_printed_cli_revocation_works(demo: Demo) -> None:
     assert _shell(phone)[0] == 401
     bob = "curl -sS -i -H 'X-Device-Session-ID: demo-bob-tablet' " + demo.base + "/whoami"
     assert _shell(bob)[0] == 200
+
+
+def test_printed_lifecycle_commands(demo: Demo) -> None:
+    """Login answers a new session that passes; bob's devices are listed from his
+    tablet (newest first, the tablet current); logout-others revokes his phone once
+    (then 0), after which the phone is refused and the list holds the tablet only."""
+    login, devices, others = (command for _, command in _steps(demo.output)[3:])
+    status, body = _shell(login)
+    assert status == 200
+    new_id = httpx.Response(200, content=body).json()["session_id"]
+    whoami = f"curl -sS -i -H 'X-Device-Session-ID: {new_id}' {demo.base}/whoami"
+    status, body = _shell(whoami)
+    assert (status, httpx.Response(200, content=body).json()) == (
+        200,
+        {"user_id": "dave", "session_id": new_id},
+    )
+
+    status, body = _shell(devices)
+    listed = httpx.Response(200, content=body).json()
+    assert status == 200
+    assert [(d["session_id"], d["current"]) for d in listed] == [
+        ("demo-bob-tablet", True),
+        ("demo-bob-phone", False),
+    ]
+    assert all(set(d) == {"session_id", "issued_at", "last_seen", "current"} for d in listed)
+    assert all(isinstance(d["last_seen"], float) for d in listed)
+
+    assert _shell(others) == (200, '{"revoked":1}')
+    assert _shell(others) == (200, '{"revoked":0}')
+    phone = f"curl -sS -i -H 'X-Device-Session-ID: demo-bob-phone' {demo.base}/whoami"
+    assert _shell(phone)[0] == 401
+    status, body = _shell(devices)
+    assert [d["session_id"] for d in httpx.Response(200, content=body).json()] == [
+        "demo-bob-tablet"
+    ]
+
+
+def test_demo_store_has_the_lifecycle_layout(demo: Demo) -> None:
+    """The demo's SQLite store has the current layout: last_seen, idp_sid, indexes."""
+    (line,) = [entry for entry in demo.output if entry.startswith("session store: ")]
+    path = line.removeprefix("session store: ").split(" (temporary")[0]
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(device_sessions)")}
+        indexed = {
+            db.execute(f"PRAGMA index_info('{row[1]}')").fetchone()[2]
+            for row in db.execute("PRAGMA index_list(device_sessions)")
+            if not row[1].startswith("sqlite_autoindex")
+        }
+    assert {"last_seen", "idp_sid"} <= columns
+    assert {"user_id", "idp_sid"} <= indexed

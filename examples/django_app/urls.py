@@ -9,5 +9,9 @@ from examples.django_app import views
 urlpatterns: list[URLPattern | URLResolver] = [
     path("whoami", views.whoami),
     path("healthz", views.healthz),
+    path("login", views.login),
+    path("logout", views.logout),
+    path("logout-others", views.logout_others),
+    path("devices", views.devices),
     path("", include("sessionmw.contrib.django.urls")),
 ]
