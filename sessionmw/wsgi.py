@@ -114,13 +114,13 @@ class DeviceSessionMiddleware:
         # alike): fresh, active, unexpired, with no format check (the cache only holds
         # IDs that passed it). Exempt methods and paths are decided on the full path:
         # a valid cached session passes either way.
+        cache = self._cache
         try:
             value = environ[self._key]
-            entry = self._cache._data[value]
+            entry = cache._data[value]
         except KeyError:  # no header, or not cached
             return self._full(environ, start_response, environ.get(self._key))
         else:
-            cache = self._cache
             now = cache._clock()
             if now - entry.fetched < cache._pos_fresh:
                 record = entry.record
