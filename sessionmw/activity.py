@@ -1,8 +1,9 @@
 """Session activity: ``last_seen`` write-behind and the idle timeout (SPEC section 11).
 
-The request path only records the time of each allowed request in the cache
-(:meth:`~sessionmw.cache.MemoryCache.hit`: one dict store, no lock, no
-I/O). One :class:`ActivityFlusher` per gate and process takes those records in a
+The request path only records the time of each allowed request in its cache
+entry (:meth:`~sessionmw.cache.MemoryCache.hit` stores its clock reading in the
+entry's CLOCK mark, which it writes anyway: no lock, no I/O, no extra store).
+One :class:`ActivityFlusher` per gate and process takes those records in a
 background thread and
 
 * writes ``last_seen`` to the store, batched (one ``touch_many`` call: one statement

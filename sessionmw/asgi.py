@@ -261,8 +261,8 @@ class DeviceSessionMiddleware:
         self._exempt_methods = gate.exempt_methods
         self._exempt_path = gate.exempt_path
         self._cache = gate.cache
-        # The dict the hit path records requests in (None: activity is not tracked).
-        self._activity = None if gate.activity is None else gate.cache._activity
+        # Whether a hit records its time (in the entry's CLOCK mark: see MemoryCache.hit).
+        self._track = gate.activity is not None
         self._acheck = gate.acheck
 
     # -- helpers (off the hot path) ----------------------------------------------
@@ -359,7 +359,7 @@ class DeviceSessionMiddleware:
         # The hit, inlined (MemoryCache.hit is the reference: keep the two
         # alike): fresh, active, unexpired, with no log line and no format check (the
         # cache only holds IDs that passed it).
-        cache, activity = self._cache, self._activity
+        cache = self._cache
         try:
             entry = cache._data[value]
         except KeyError:
@@ -375,10 +375,8 @@ class DeviceSessionMiddleware:
                         (expires := record.expires_at) is None or expires > now + cache._wall_offset
                     )
                 ):
-                    entry.ref = True
+                    entry.ref = now if self._track else True
                     cache._allowed_hits += 1
-                    if activity is not None:
-                        activity[entry.key] = now  # the cached ID string: no copy kept
                     try:
                         scope["state"]["device_session"] = record
                     except KeyError:  # a server without the lifespan state extension

@@ -107,7 +107,9 @@ class _Entry:
         self.key = key
         self.record = record
         self.fetched = fetched
-        self.ref = False
+        #: The CLOCK mark: False (not used since the last sweep), True (used), or the
+        #: cache-clock time of the latest tracked request (used, not yet reported).
+        self.ref: bool | float = False
 
 
 class _Retry(enum.Enum):
@@ -233,8 +235,9 @@ class MemoryCache:
         # Wall clock minus cache clock, re-read on every store: lets the hot path judge
         # ``expires_at`` (wall clock) from its one cache-clock read (see hit()).
         self._wall_offset = wall_clock() - clock()
-        # Requests recorded by hit()/touch(): session ID -> cache-clock time.
-        self._activity: dict[str, float] = {}
+        # Activity of entries that left the CLOCK's second chance before the flusher
+        # read it: session ID -> cache-clock time (see take_activity()).
+        self._unreported: dict[str, float] = {}
         self._fetch_observer: Callable[[str, float], None] | None = None
         #: Whether hit() records requests (set by the gate when activity is tracked).
         self.track_activity = False
@@ -274,7 +277,7 @@ class MemoryCache:
     def hit(self, session_id: str) -> SessionRecord | None:
         """The cached record for ``session_id`` if it is fresh, active and unexpired,
         recording the request's time for the activity flusher when ``track_activity``
-        is on (one dict store).
+        is on (in the entry's CLOCK mark, which a hit writes anyway).
 
         The middlewares' fast path: one dict lookup, one clock read, no lock, no
         I/O. Anything else (a miss, an unknown, revoked or expired session, a stale
@@ -296,26 +299,43 @@ class MemoryCache:
                         (expires := record.expires_at) is None or expires > now + self._wall_offset
                     )
                 ):
-                    entry.ref = True
+                    # The time of the request when activity is tracked: the flusher
+                    # reads it back (take_activity); any truthy ref is "in use".
+                    entry.ref = now if self.track_activity else True
                     self._allowed_hits += 1
-                    if self.track_activity:
-                        self._activity[entry.key] = now
                     return record
         return None
 
     def touch(self, session_id: str) -> None:
         """Record a request of ``session_id`` now (allowed by the full path)."""
-        self._activity[session_id] = self._clock()
+        entry = self._data.get(session_id)
+        if entry is not None:
+            entry.ref = self._clock()
 
     def take_activity(self) -> dict[str, float]:
-        """The requests recorded since the last call: session ID -> wall-clock time
-        of its latest request. (A record made while this runs may land in the next
-        call's batch or, rarely, be lost: the session's next request records it.)"""
-        activity = self._activity
-        taken = dict(activity)  # one atomic copy, then one atomic clear
-        activity.clear()
+        """The sessions with requests since the last call, each with the wall-clock
+        time of its latest request.
+
+        A tracked hit stores its clock reading in the entry's ``ref`` slot (which
+        the hit writes anyway for the CLOCK eviction), so recording costs nothing
+        extra; this walks the entries (a copy of the table: no lock held) and turns
+        each reading back into a plain reference mark. A request landing while an
+        entry is read may be missed: the session's next request records it again.
+        """
         offset = self._wall_offset
-        return {key: when + offset for key, when in taken.items()}
+        taken: dict[str, float] = {}
+        for entry in list(self._data.values()):
+            when = entry.ref
+            if when is not True and when is not False:  # a tracked request's time
+                entry.ref = True  # reported: a plain "in use" mark again
+                taken[entry.key] = when + offset
+        if self._unreported:
+            with self._lock:
+                unreported, self._unreported = self._unreported, {}
+            for key, when in unreported.items():
+                if when + offset > taken.get(key, 0.0):
+                    taken[key] = when + offset
+        return taken
 
     def set_fetch_observer(self, observer: Callable[[str, float], None] | None) -> None:
         """Call ``observer(session_id, last_seen)`` for every fetched record whose store
@@ -344,11 +364,13 @@ class MemoryCache:
             record = entry.record
             if record is not None:
                 if age < self._pos_fresh:
-                    entry.ref = True
+                    if entry.ref is False:  # keep a tracked request's time
+                        entry.ref = True
                     self._hits += 1
                     return record
             elif age < self._neg_fresh:
-                entry.ref = True
+                if entry.ref is False:  # keep a tracked request's time
+                    entry.ref = True
                 self._negative_hits += 1
                 return None
         return MISS
@@ -367,11 +389,13 @@ class MemoryCache:
             record = entry.record
             if record is not None:
                 if age < self._pos_fresh:
-                    entry.ref = True
+                    if entry.ref is False:  # keep a tracked request's time
+                        entry.ref = True
                     self._hits += 1
                     return record
             elif age < self._neg_fresh:
-                entry.ref = True
+                if entry.ref is False:  # keep a tracked request's time
+                    entry.ref = True
                 self._negative_hits += 1
                 return None
         if not session_id:
@@ -403,11 +427,13 @@ class MemoryCache:
             record = entry.record
             if record is not None:
                 if age < self._pos_fresh:
-                    entry.ref = True
+                    if entry.ref is False:  # keep a tracked request's time
+                        entry.ref = True
                     self._hits += 1
                     return record
             elif age < self._neg_fresh:
-                entry.ref = True
+                if entry.ref is False:  # keep a tracked request's time
+                    entry.ref = True
                 self._negative_hits += 1
                 return None
         if not session_id:
@@ -609,7 +635,8 @@ class MemoryCache:
             # ``record`` before ``fetched``: see _Entry.
             entry.record = record
             entry.fetched = now
-            entry.ref = True  # asked for again: it is in use
+            if entry.ref is False:  # asked for again: it is in use
+                entry.ref = True
             if record is not None and (old is None or old.user_id != record.user_id):
                 self._index(entry.key, record.user_id)
             return record
@@ -653,7 +680,10 @@ class MemoryCache:
             if data.get(entry.key) is not entry:
                 self._dead -= 1
                 continue
-            if entry.ref:  # second chance
+            ref = entry.ref
+            if ref is not False:  # second chance (a float is a tracked request time)
+                if ref is not True:
+                    self._unreported[entry.key] = ref
                 entry.ref = False
                 order.append(entry)
                 continue
@@ -866,4 +896,4 @@ class MemoryCache:
         # released, and their flights would never complete.
         self._lock = threading.Lock()
         self._flights = {}
-        self._activity.clear()  # the parent's to report, not ours
+        self._unreported = {}  # the parent's to report, not ours

@@ -94,8 +94,8 @@ class DeviceSessionMiddleware:
         self._exempt_methods = self.gate.exempt_methods
         self._exempt_path = self.gate.exempt_path
         self._cache = self.gate.cache
-        # The dict the hit path records requests in (None: activity is not tracked).
-        self._activity = None if self.gate.activity is None else self.gate.cache._activity
+        # Whether a hit records its time (in the entry's CLOCK mark: see MemoryCache.hit).
+        self._track = self.gate.activity is not None
         self._check = self.gate.check
         # Refusals are few and fixed: build their WSGI responses once.
         self._answers: dict[Answer, Response] = {
@@ -131,11 +131,8 @@ class DeviceSessionMiddleware:
                         (expires := record.expires_at) is None or expires > now + cache._wall_offset
                     )
                 ):
-                    entry.ref = True
+                    entry.ref = now if self._track else True
                     cache._allowed_hits += 1
-                    activity = self._activity
-                    if activity is not None:
-                        activity[entry.key] = now  # the cached ID string: no copy kept
                     environ[ENVIRON_KEY] = record
                     return self.app(environ, start_response)
         return self._full(environ, start_response, value)
