@@ -59,6 +59,15 @@ from sessionmw.records import SessionRecord, SessionStatus
 __all__ = ["MISS", "LookupBackend", "MemoryCache", "Miss"]
 
 _T = TypeVar("_T")
+_SLOW_COUNTERS = (
+    "misses",
+    "coalesced",
+    "evictions",
+    "expirations",
+    "revocations",
+    "backend_errors",
+    "stale_served",
+)
 _ACTIVE: Final = SessionStatus.ACTIVE
 _REVOKED: Final = SessionStatus.REVOKED
 
@@ -263,13 +272,9 @@ class MemoryCache:
         self._hits = 0
         self._allowed_hits = 0
         self._negative_hits = 0
-        self._misses = 0
-        self._coalesced = 0
-        self._evictions = 0
-        self._expirations = 0
-        self._revocations = 0
-        self._backend_errors = 0
-        self._stale_served = 0
+        # The slow-path counters, in one dict: the instance keeps under 30 attributes,
+        # so CPython's specialised attribute access stays on the hit path.
+        self._counts = dict.fromkeys(_SLOW_COUNTERS, 0)
         _fork.register(self)
 
     # ------------------------------------------------------------------ hot path
@@ -474,16 +479,16 @@ class MemoryCache:
                 if answer is not MISS:
                     return answer, None, None
             if not counted:
-                self._misses += 1
+                self._counts["misses"] += 1
             flight = self._flights.get(session_id)
             if flight is not None:
-                self._coalesced += 1
+                self._counts["coalesced"] += 1
                 return None, None, flight.join()
             entry = self._data.get(session_id)
             if entry is not None:
                 ttl = self._ttl if entry.record is not None else self._negative_ttl
                 if self._clock() - entry.fetched >= ttl:
-                    self._expirations += 1
+                    self._counts["expirations"] += 1
             flight = _Flight(self._gen, self._user_seq)
             self._flights[session_id] = flight
             return None, flight, None
@@ -537,7 +542,7 @@ class MemoryCache:
                 and self._revoked_meanwhile(session_id, record, flight.user_seq)
             ):
                 record = dataclasses.replace(record, status=_REVOKED)
-                self._revocations += 1
+                self._counts["revocations"] += 1
             if flight.gen == self._gen:
                 record = self._store(session_id, record)
         flight.settle(record)
@@ -554,7 +559,7 @@ class MemoryCache:
         with self._lock:
             if self._flights.get(session_id) is flight:
                 del self._flights[session_id]
-            self._backend_errors += 1
+            self._counts["backend_errors"] += 1
         flight.settle(error)
         # The one log line of this failure (waiters and the gate do not log it again).
         get_logger().warning(
@@ -582,7 +587,7 @@ class MemoryCache:
                     and record.status is _ACTIVE
                     and self._clock() - entry.fetched < self._ttl + self._stale_if_error
                 ):
-                    self._stale_served += 1
+                    self._counts["stale_served"] += 1
                 else:
                     record = None
             if record is not None:
@@ -690,7 +695,7 @@ class MemoryCache:
             del data[entry.key]
             if entry.record is not None:
                 self._unindex(entry.key, entry.record.user_id)
-            self._evictions += 1
+            self._counts["evictions"] += 1
             return
 
     def _drop(self, entry: _Entry) -> None:
@@ -780,7 +785,7 @@ class MemoryCache:
                 record = entry.record
                 if record is not None and record.status is _ACTIVE:
                     entry.record = dataclasses.replace(record, status=_REVOKED)
-                    self._revocations += 1
+                    self._counts["revocations"] += 1
 
     def mark_user_revoked(self, user_id: str, before: float | None = None) -> None:
         """Revoke every session of ``user_id`` issued up to ``before`` (wall clock).
@@ -823,7 +828,7 @@ class MemoryCache:
                     and (record.issued_at is None or record.issued_at <= before)
                 ):
                     entry.record = dataclasses.replace(record, status=_REVOKED)
-                    self._revocations += 1
+                    self._counts["revocations"] += 1
 
     def invalidate(self, session_id: str) -> None:
         """Drop one cached entry (the next lookup asks the backend). Tombstones stay."""
@@ -875,14 +880,14 @@ class MemoryCache:
         thread contention (bumped without the lock); the rest are exact."""
         return {
             "hits": self._hits + self._allowed_hits,
-            "misses": self._misses,
+            "misses": self._counts["misses"],
             "negative_hits": self._negative_hits,
-            "coalesced": self._coalesced,
-            "evictions": self._evictions,
-            "expirations": self._expirations,
-            "revocations": self._revocations,
-            "backend_errors": self._backend_errors,
-            "stale_served": self._stale_served,
+            "coalesced": self._counts["coalesced"],
+            "evictions": self._counts["evictions"],
+            "expirations": self._counts["expirations"],
+            "revocations": self._counts["revocations"],
+            "backend_errors": self._counts["backend_errors"],
+            "stale_served": self._counts["stale_served"],
         }
 
     def __repr__(self) -> str:

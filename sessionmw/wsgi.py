@@ -21,6 +21,7 @@ also serves the signed invalidation hook at ``invalidation_path``.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Mapping
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
@@ -56,9 +57,25 @@ def sessions(environ: Mapping[str, Any]) -> Sessions:
     """The :class:`~sessionmw.Sessions` of the middleware that handled this request
     (exempt requests included)."""
     found = environ.get(SESSIONS_KEY)
-    if found is None:
-        raise LookupError("this request did not pass through sessionmw's WSGI middleware")
-    return found  # type: ignore[no-any-return]
+    if found is not None:
+        return found  # type: ignore[no-any-return]
+    # A cached hit skips the environ key while this process has only one gate.
+    gates = {id(built.gate): built for built in list(_BUILT)}
+    if len(gates) == 1 and ENVIRON_KEY in environ:
+        return next(iter(gates.values())).sessions
+    raise LookupError("this request did not pass through sessionmw's WSGI middleware")
+
+
+_BUILT: weakref.WeakSet[DeviceSessionMiddleware] = weakref.WeakSet()
+
+
+def _note_built(middleware: DeviceSessionMiddleware) -> None:
+    """Register a middleware; once the process has more than one gate, every
+    middleware names its own in the environ on the hit path too."""
+    _BUILT.add(middleware)
+    several = len({id(built.gate) for built in list(_BUILT)}) > 1
+    for built in list(_BUILT):
+        built._several = several
 
 
 def _response(answer: Answer) -> Response:
@@ -97,6 +114,8 @@ class DeviceSessionMiddleware:
         # Whether a hit records its time (in the entry's CLOCK mark: see MemoryCache.hit).
         self._track = self.gate.activity is not None
         self._check = self.gate.check
+        self._several = False
+        _note_built(self)
         # Refusals are few and fixed: build their WSGI responses once.
         self._answers: dict[Answer, Response] = {
             answer: _response(answer) for answer in (MISSING, INVALID, UNAVAILABLE)
@@ -106,7 +125,8 @@ class DeviceSessionMiddleware:
         gate = self.gate
         if not gate.started:
             gate.start()
-        environ[SESSIONS_KEY] = self.sessions
+        if self._several:  # else sessions(environ) finds the one gate without it
+            environ[SESSIONS_KEY] = self.sessions
         hook_path = gate.hook_path
         if hook_path is not None and environ.get("PATH_INFO") == hook_path:
             return self._hook(environ, start_response)
@@ -142,6 +162,7 @@ class DeviceSessionMiddleware:
     ) -> Iterable[bytes]:
         """Everything but a hit: an exempt request, a missing header, a miss, a refusal
         (with its log line), a backend that is down. The gate decides."""
+        environ[SESSIONS_KEY] = self.sessions
         if environ.get("REQUEST_METHOD") in self._exempt_methods or (
             self._exempt_path is not None and self._exempt_path(environ.get("PATH_INFO", ""))
         ):

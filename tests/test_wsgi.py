@@ -283,3 +283,44 @@ def test_read_body_short_stream() -> None:
     empty = read_body(io.BytesIO(b"abc"), "", terminated=False)
     assert empty is not None
     assert empty.body == b""
+
+
+def _sessions_seen(mw: DeviceSessionMiddleware, session_id: str | None) -> object:
+    """What ``sessionmw.wsgi.sessions(environ)`` answers inside the app."""
+    from sessionmw.wsgi import sessions
+
+    seen: list[object] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        seen.append(sessions(environ))
+        start_response("200 OK", [])
+        return [b""]
+
+    mw.app = app
+    headers = [] if session_id is None else [("X-Device-Session-ID", session_id)]
+    path = "/healthz" if session_id is None else "/whoami"
+    run_wsgi_app(mw, EnvironBuilder(path=path, headers=headers).get_environ())
+    return seen[0]
+
+
+def _nothing(environ: Any, start_response: Any) -> Iterable[bytes]:
+    return []
+
+
+def test_sessions_from_environ_on_hits_misses_and_exempt_requests() -> None:
+    """The hit path leaves the environ alone while the process has one gate (an
+    environ insert can resize the dict: a measurable share of the hit's cost);
+    sessions(environ) still finds the gate, and with several gates each
+    middleware names its own."""
+    one = DeviceSessionMiddleware(_nothing, backend=two_sessions(), exempt_paths=["/healthz"])
+    assert _sessions_seen(one, None) is one.sessions  # exempt, no header
+    assert _sessions_seen(one, "good") is one.sessions  # a miss: the full path
+    assert one.gate.cache.stats()["misses"] == 1
+    assert _sessions_seen(one, "good") is one.sessions  # a hit
+    assert one.gate.cache.allowed_hits == 1
+    other = DeviceSessionMiddleware(_nothing, backend=two_sessions(), ttl=30)
+    assert other.gate is not one.gate
+    assert _sessions_seen(other, "good") is other.sessions  # a miss
+    assert _sessions_seen(other, "good") is other.sessions  # a hit, two gates now
+    assert _sessions_seen(one, "good") is one.sessions
+    assert (one.gate.cache.allowed_hits, other.gate.cache.allowed_hits) == (2, 1)
