@@ -176,7 +176,6 @@ class Gate:
             if writable or settings.idle_timeout
             else None
         )
-        self.cache.track_activity = self.activity is not None
         self.header = settings.header.lower()
         self.exempt_methods = frozenset(settings.exempt_methods)
         self.exempt_path = exempt_matcher(settings.exempt_paths)

@@ -338,10 +338,8 @@ class Settings:
         return base.with_changes(**kwargs) if kwargs else base
 
     def with_changes(self, **changes: Any) -> Settings:
-        """A copy with some keys changed (validated like any other)."""
-        unknown = set(changes) - set(self.keys())
-        if unknown:
-            raise unknown_key(sorted(unknown)[0], self.keys())
+        """A copy with some keys changed (validated like any other: ``replace``
+        goes through ``__init__``, which also answers a misspelt key)."""
         return replace(self, **changes)
 
     @property
