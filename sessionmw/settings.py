@@ -20,12 +20,18 @@ ENV_PREFIX = "SESSIONMW_"
 SQL_DIALECTS = frozenset(
     {"sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql", "cockroachdb"}
 )
-_REDIS = {"redis": "redis", "rediss": "redis", "unix": "redis"}
+_REDIS = {
+    "redis": "redis",
+    "rediss": "redis",
+    "unix": "redis",
+    "redis+sentinel": "redis",
+    "redis+cluster": "redis",
+}
 #: The one table of URL schemes: for each URL setting, scheme -> the kind of store or
 #: bus that serves it. SQL URLs also match by dialect (``postgresql+psycopg``).
 SCHEMES: dict[str, dict[str, str]] = {
-    "backend": {"memory": "memory", "http": "http", "https": "http", **_REDIS},
-    "bus": {"local": "local", **_REDIS},
+    "backend": {"memory": "memory", "http": "http", "https": "http", "django": "django", **_REDIS},
+    "bus": {"local": "local", "postgresql": "postgres", "postgres": "postgres", **_REDIS},
 }
 _SQL_SETTINGS = frozenset({"backend"})
 
@@ -38,7 +44,10 @@ def scheme_kind(key: str, url: str) -> str:
 
     Raises :class:`ConfigError` naming ``key`` for an unsupported scheme.
     """
-    scheme = urlsplit(url.strip()).scheme.lower()
+    url = url.strip()
+    if key == "backend" and url.lower() == "django":
+        return "django"  # Django's default database connection (SPEC section 6)
+    scheme = urlsplit(url).scheme.lower()
     if not scheme:
         raise ConfigError(key, "expected a URL (scheme://...)")
     kind = SCHEMES[key].get(scheme)
@@ -51,6 +60,7 @@ def scheme_kind(key: str, url: str) -> str:
 
 
 _SECRET_KEYS = frozenset({"invalidation_secret"})
+_ED25519_KEY_BYTES = 32
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
@@ -121,6 +131,42 @@ def _check_secret(value: Any) -> tuple[str, ...]:
     return secrets
 
 
+def _check_public_key(value: Any) -> tuple[str, ...]:
+    keys = _str_list("invalidation_public_key", value)
+    for key in keys:
+        if not key.startswith("whpk_"):
+            raise ConfigError(
+                "invalidation_public_key", "each key must be 'whpk_' followed by base64"
+            )
+        try:
+            decoded = base64.b64decode(key[len("whpk_") :], validate=True)
+        except ValueError:
+            raise ConfigError(
+                "invalidation_public_key", "each key must be 'whpk_' followed by base64"
+            ) from None
+        if len(decoded) != _ED25519_KEY_BYTES:
+            raise ConfigError(
+                "invalidation_public_key",
+                f"each key must be a {_ED25519_KEY_BYTES}-byte ed25519 public key, "
+                f"got {len(decoded)} bytes",
+            )
+    return keys
+
+
+def _check_optional_url(key: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected an http(s) URL, got {type(value).__name__}")
+        parts = urlsplit(value.strip())
+        if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+            raise ConfigError(key, f"expected an http(s) URL, got {value.strip()!r}")
+        return value.strip()
+
+    return check
+
+
 def _check_path(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value.startswith("/"):
         raise ConfigError(key, f"expected a path starting with '/', got {value!r}")
@@ -186,6 +232,16 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "idle_timeout": _num("idle_timeout"),
     "touch_interval": _num("touch_interval", strict=True),
     "max_sessions_per_user": _num("max_sessions_per_user", integer=True),
+    "bus_retention": _num("bus_retention", strict=True),
+    "invalidation_public_key": _check_public_key,
+    "oidc_issuer": _check_optional_url("oidc_issuer"),
+    "oidc_audience": lambda v: _str_list("oidc_audience", v),
+    "oidc_jwks_url": _check_optional_url("oidc_jwks_url"),
+    "oidc_logout_path": lambda v: _check_path("oidc_logout_path", v),
+    "ssf_issuer": _check_optional_url("ssf_issuer"),
+    "ssf_audience": lambda v: _str_list("ssf_audience", v),
+    "ssf_jwks_url": _check_optional_url("ssf_jwks_url"),
+    "ssf_path": lambda v: _check_path("ssf_path", v),
 }
 
 
@@ -236,6 +292,16 @@ class SettingsKeywords(TypedDict, total=False):
     idle_timeout: float
     touch_interval: float
     max_sessions_per_user: int
+    bus_retention: float
+    invalidation_public_key: Iterable[str] | str
+    oidc_issuer: str | None
+    oidc_audience: Iterable[str] | str
+    oidc_jwks_url: str | None
+    oidc_logout_path: str
+    ssf_issuer: str | None
+    ssf_audience: Iterable[str] | str
+    ssf_jwks_url: str | None
+    ssf_path: str
 
 
 @dataclass(frozen=True, repr=False)
@@ -263,10 +329,20 @@ class Settings:
     bus: str = "local://"
     stream: str = "sessionmw:invalidations"
     bus_outage_ttl: float = 5.0
+    bus_retention: float = 86400.0
     session_lifetime: float = 2592000.0
     idle_timeout: float = 0.0
     touch_interval: float = 60.0
     max_sessions_per_user: int = 0
+    invalidation_public_key: Sequence[str] = ()
+    oidc_issuer: str | None = None
+    oidc_audience: Sequence[str] = ()
+    oidc_jwks_url: str | None = None
+    oidc_logout_path: str = "/_internal/oidc-backchannel-logout"
+    ssf_issuer: str | None = None
+    ssf_audience: Sequence[str] = ()
+    ssf_jwks_url: str | None = None
+    ssf_path: str = "/_internal/ssf"
 
     def __post_init__(self) -> None:
         for name, check in _VALIDATORS.items():
@@ -277,6 +353,12 @@ class Settings:
                 f"must be below idle_timeout ({self.idle_timeout:g}), got "
                 f"{self.touch_interval:g}: activity would reach the store too late",
             )
+        for prefix in ("oidc", "ssf"):
+            if getattr(self, f"{prefix}_issuer") and not getattr(self, f"{prefix}_audience"):
+                raise ConfigError(
+                    f"{prefix}_audience",
+                    f"required with {prefix}_issuer: this app's client ID(s) at the provider",
+                )
 
     def __repr__(self) -> str:
         # Secrets never appear: not in reprs, error pages or framework debug views.
@@ -344,7 +426,8 @@ class Settings:
 
     @property
     def hook_enabled(self) -> bool:
-        return bool(self.invalidation_secret)
+        """The hook is served: a shared secret or a public key is configured."""
+        return bool(self.invalidation_secret or self.invalidation_public_key)
 
 
 def _checked_init(init: Callable[..., None]) -> Callable[..., None]:

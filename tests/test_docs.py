@@ -49,7 +49,9 @@ def reference_rows(page: str, heading: str) -> list[list[str]]:
 
 
 def rendered_default(key: str, value: Any) -> str:
-    if key == "invalidation_secret":
+    if key.endswith("_jwks_url"):
+        return "from discovery"
+    if key in ("invalidation_secret", "invalidation_public_key") or value is None:
         return "unset"
     if isinstance(value, tuple):
         return "`" + json.dumps(list(value)) + "`"

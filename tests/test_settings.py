@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from sessionmw import ConfigError, Settings
+from sessionmw.settings import scheme_kind
 from sessionmw.backends import MemoryBackend
 
 SECRET_A = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -32,6 +33,16 @@ ENV = {
     "SESSIONMW_IDLE_TIMEOUT": "900",
     "SESSIONMW_TOUCH_INTERVAL": "30",
     "SESSIONMW_MAX_SESSIONS_PER_USER": "5",
+    "SESSIONMW_BUS_RETENTION": "3600",
+    "SESSIONMW_INVALIDATION_PUBLIC_KEY": "whpk_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+    "SESSIONMW_OIDC_ISSUER": "https://idp.example/realms/app",
+    "SESSIONMW_OIDC_AUDIENCE": "app-a, app-b",
+    "SESSIONMW_OIDC_JWKS_URL": "https://idp.example/certs",
+    "SESSIONMW_OIDC_LOGOUT_PATH": "/auth/backchannel",
+    "SESSIONMW_SSF_ISSUER": "https://ssf.example",
+    "SESSIONMW_SSF_AUDIENCE": "https://app.example",
+    "SESSIONMW_SSF_JWKS_URL": "https://ssf.example/jwks",
+    "SESSIONMW_SSF_PATH": "/auth/ssf",
 }
 
 EXPECTED: dict[str, Any] = {
@@ -53,6 +64,16 @@ EXPECTED: dict[str, Any] = {
     "idle_timeout": 900.0,
     "touch_interval": 30.0,
     "max_sessions_per_user": 5,
+    "bus_retention": 3600.0,
+    "invalidation_public_key": ("whpk_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",),
+    "oidc_issuer": "https://idp.example/realms/app",
+    "oidc_audience": ("app-a", "app-b"),
+    "oidc_jwks_url": "https://idp.example/certs",
+    "oidc_logout_path": "/auth/backchannel",
+    "ssf_issuer": "https://ssf.example",
+    "ssf_audience": ("https://app.example",),
+    "ssf_jwks_url": "https://ssf.example/jwks",
+    "ssf_path": "/auth/ssf",
 }
 
 
@@ -144,7 +165,49 @@ BAD_VALUES = [
     ("bus", "memory://"),
     ("stream", ""),
     ("bus_outage_ttl", "-3"),
+    ("bus_retention", "0"),
+    ("bus_retention", "-1"),
+    ("invalidation_public_key", "whsec_" + "A" * 44),
+    ("invalidation_public_key", "whpk_c2hvcnQ="),
+    ("invalidation_public_key", "whpk_not base64"),
+    ("oidc_issuer", "idp.example"),
+    ("oidc_issuer", "ftp://idp.example"),
+    ("oidc_jwks_url", "file:///etc/passwd"),
+    ("oidc_logout_path", "logout"),
+    ("ssf_issuer", "nope"),
+    ("ssf_path", "ssf"),
 ]
+
+
+@pytest.mark.parametrize("prefix", ["oidc", "ssf"])
+def test_issuer_without_audience_names_the_audience(prefix: str) -> None:
+    """An issuer alone would accept tokens meant for any client: refused at start-up."""
+    with pytest.raises(ConfigError) as info:
+        Settings(**{f"{prefix}_issuer": "https://idp.example"})
+    assert info.value.key == f"{prefix}_audience"
+
+
+def test_public_key_alone_serves_the_hook() -> None:
+    """With only invalidation_public_key (v1a signatures) the hook is still served."""
+    key = "whpk_" + "A" * 43 + "="
+    assert Settings(invalidation_public_key=key).hook_enabled
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/mymaster/0",
+        "redis+cluster://127.0.0.1:7000",
+        "rediss://127.0.0.1:6380/0?ssl_cert_reqs=required",
+    ],
+)
+def test_every_redis_form_is_a_redis_backend_and_bus(url: str) -> None:
+    assert scheme_kind("backend", url) == scheme_kind("bus", url) == "redis"
+
+
+def test_postgres_bus_and_django_backend_schemes() -> None:
+    assert scheme_kind("bus", "postgresql://postgres@127.0.0.1/test") == "postgres"
+    assert scheme_kind("backend", "django") == scheme_kind("backend", "django://replica") == "django"
 
 
 @pytest.mark.parametrize(("key", "value"), BAD_VALUES)
