@@ -18,6 +18,13 @@ request takes the hit path):
 * WSGI: a werkzeug hello world, bare and behind
   :class:`sessionmw.wsgi.DeviceSessionMiddleware`.
 
+With ``--bus URL`` (any bus URL: ``redis://``, ``rediss://``, ``redis+sentinel://``,
+``redis+cluster://``, ``postgresql://``) the ASGI hit path is also measured with
+that bus connected and idle (variant ``sessionmw-bus``: the subscriber thread runs,
+blocked in its read, and its wake-ups during the run are counted too), against the
+same app on ``local://``; goal: within 1%. ``--bus-only`` measures just the three
+variants that comparison needs.
+
 Needs valgrind (Debian: ``apt-get install valgrind``). Targets (issue "every
 answer per the SPEC ..."): ASGI at most 8,500 instructions per hit, WSGI at most
 5,000, and 20 headers costing little more than 7.
@@ -32,12 +39,16 @@ import re
 import shutil
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from benchmarks._common import format_table
 
 SESSION = "bench-session-0123456789abcdef"
+#: The bus URL of the ``sessionmw-bus`` variant, passed to the child process.
+BUS_ENV = "BENCH_INSTRUCTIONS_BUS"
 _COLLECTED = re.compile(rb"Collected : (\d+)")
 
 Message = MutableMapping[str, Any]
@@ -104,6 +115,14 @@ def _asgi_app(kind: str) -> Any:
         "passthrough": [Middleware(PassThrough)],
         "sessionmw": [Middleware(DeviceSessionMiddleware, backend=_backend(kind))],
         "sessionmw-noactivity": [Middleware(DeviceSessionMiddleware, backend=_backend(kind))],
+        "sessionmw-bus": [
+            Middleware(
+                DeviceSessionMiddleware,
+                backend=_backend(kind),
+                bus=os.environ.get(BUS_ENV, "local://"),
+                stream=f"sessionmw:bench:{uuid.uuid4().hex}",
+            )
+        ],
     }[kind]
     return Starlette(routes=[Route("/hello", hello)], middleware=middleware)
 
@@ -134,12 +153,26 @@ def run_asgi(kind: str, headers: int, requests: int) -> None:
             sent.append(message["status"])
 
     async def main() -> None:
-        for _ in range(requests + 1):  # +1: the first request fills the cache
+        await app({**base, "state": {}}, receive, send)  # fills the cache, starts the bus
+        if kind == "sessionmw-bus":
+            await _connected()
+        for _ in range(requests):
             # uvicorn gives every request a copy of the lifespan state.
             await app({**base, "state": {}}, receive, send)
 
     asyncio.run(main())
     assert set(sent) == {200}, sent
+
+
+async def _connected(deadline: float = 120.0) -> None:
+    """Until every gate's bus subscriber is connected (slow under valgrind)."""
+    from sessionmw.gate import live_gates
+
+    end = time.monotonic() + deadline
+    while not all(gate.bus.connected for gate in live_gates()):
+        if time.monotonic() > end:
+            raise RuntimeError("the bus did not connect")
+        await asyncio.sleep(0.05)  # polling the subscriber's state
 
 
 def run_wsgi(kind: str, headers: int, requests: int) -> None:
@@ -201,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests per run")
     parser.add_argument("--child", nargs=4, metavar=("ADAPTER", "KIND", "HEADERS", "N"))
+    parser.add_argument("--bus", metavar="URL", help="also measure the ASGI hit path on this bus")
+    parser.add_argument("--bus-only", action="store_true", help="only what --bus compares")
     args = parser.parse_args(argv)
     if args.child:
         adapter, kind, headers, requests = args.child
@@ -226,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
         ("wsgi", "sessionmw", 7),
         ("wsgi", "sessionmw-noactivity", 7),
     ]
+    if args.bus:
+        os.environ[BUS_ENV] = args.bus
+        if args.bus_only:
+            plan = [("asgi", "bare", 7), ("asgi", "sessionmw", 7)]
+        plan.append(("asgi", "sessionmw-bus", 7))
     for adapter, kind, headers in plan:
         figures[adapter, kind, headers] = per_request(adapter, kind, headers, low, high)
         print(f"  measured {adapter} {kind} {headers} headers", file=sys.stderr)
@@ -245,6 +285,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(format_table(["variant", "headers", "instr/request", "added vs bare", "vs bare"], rows))
     print(f"(callgrind, difference of {high} and {low} requests per run)")
+    if args.bus:
+        local, bus = figures["asgi", "sessionmw", 7], figures["asgi", "sessionmw-bus", 7]
+        change = (bus - local) / local
+        verdict = "ok" if abs(change) <= 0.01 else "MISSED"
+        print(
+            f"ASGI hit path with the bus {args.bus.split('://', 1)[0]}:// idle vs local://: "
+            f"{bus:,.0f} vs {local:,.0f} instructions ({change:+.2%}; goal within 1%: {verdict})"
+        )
     return 0
 
 

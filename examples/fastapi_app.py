@@ -5,45 +5,32 @@ for instance::
 
     SESSIONMW_BACKEND=redis://127.0.0.1:6379/0 uvicorn examples.fastapi_app:app
 
-Routes get the session and the :class:`~sessionmw.Sessions` through dependencies
-(:func:`device_session`, :func:`gate_sessions`), so they declare what they need and
-stay testable (override them with ``app.dependency_overrides``). ``GET /healthz``,
-``POST /login`` and the API docs (``/docs``, ``/redoc``, ``/openapi.json``) are
-exempt. The lifecycle routes are the same as the other examples': ``POST /login``
-(demo only: a real app authenticates first), ``POST /logout``,
-``POST /logout-others``, ``GET /devices``.
+Routes get the session and the :class:`~sessionmw.Sessions` through the dependencies
+of :mod:`sessionmw.contrib.fastapi` (``DeviceSession``, ``SessionsDep``), so they
+declare what they need, ``/docs`` offers "Authorize" for the session header, and tests
+can override them (``app.dependency_overrides[device_session]``). ``/docs`` loads
+Swagger UI from this server (the ``swagger-ui-bundle`` package), not from a CDN.
+``GET /healthz``, ``POST /login`` and the API docs (``/docs``, ``/redoc``,
+``/openapi.json``) are exempt. The lifecycle routes are the same as the other
+examples': ``POST /login`` (demo only: a real app authenticates first),
+``POST /logout``, ``POST /logout-others``, ``GET /devices``.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
 from examples._store import MAX_USER_ID, prepare_store
-from sessionmw import BusUnavailable, SessionRecord, Settings
-from sessionmw.asgi import DeviceSessionMiddleware, sessions
-from sessionmw.sessions import Sessions
+from sessionmw import BusUnavailable, Settings
+from sessionmw.asgi import DeviceSessionMiddleware
+from sessionmw.contrib.fastapi import DeviceSession, SessionsDep, local_swagger_ui
 
 EXEMPT = ("/healthz", "/login", "/docs", "/redoc", "/openapi.json")
-
-
-def device_session(request: Request) -> SessionRecord:
-    """The checked session of this request (the middleware put it there)."""
-    record: SessionRecord = request.state.device_session
-    return record
-
-
-def gate_sessions(request: Request) -> Sessions:
-    """The :class:`~sessionmw.Sessions` of the gate guarding this app."""
-    return sessions(request)
-
-
-Session = Annotated[SessionRecord, Depends(device_session)]
-SessionsDep = Annotated[Sessions, Depends(gate_sessions)]
 
 
 class Login(BaseModel):
@@ -68,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     prepare_store(settings)
     app = FastAPI(title="sessionmw FastAPI example")
     app.add_middleware(DeviceSessionMiddleware, settings)
+    local_swagger_ui(app)  # /docs with Swagger UI's files served from here
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -83,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     @app.get("/whoami")
-    async def whoami(session: Session) -> dict[str, str]:
+    async def whoami(session: DeviceSession) -> dict[str, str]:
         return {"user_id": session.user_id, "session_id": session.session_id}
 
     @app.get("/healthz", response_class=PlainTextResponse)
@@ -96,16 +84,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"session_id": created.session_id}
 
     @app.post("/logout")
-    async def logout(session: Session, lifecycle: SessionsDep) -> dict[str, Any]:
+    async def logout(session: DeviceSession, lifecycle: SessionsDep) -> dict[str, Any]:
         return {"revoked": await lifecycle.arevoke(session.session_id)}
 
     @app.post("/logout-others")
-    async def logout_others(session: Session, lifecycle: SessionsDep) -> dict[str, int]:
+    async def logout_others(session: DeviceSession, lifecycle: SessionsDep) -> dict[str, int]:
         count = await lifecycle.arevoke_user(session.user_id, keep=session.session_id)
         return {"revoked": count}
 
     @app.get("/devices")
-    async def devices(session: Session, lifecycle: SessionsDep) -> list[Device]:
+    async def devices(session: DeviceSession, lifecycle: SessionsDep) -> list[Device]:
         return [
             Device(
                 session_id=s.session_id,

@@ -8,11 +8,14 @@ invalidation hook through these functions, so they agree byte for byte.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sessionmw._body import MAX_BODY, BodyLimit
 from sessionmw.answers import INVALID_PAYLOAD, METHOD_NOT_ALLOWED, Answer
 from sessionmw.hook import InvalidationHook
+
+if TYPE_CHECKING:
+    from sessionmw.idp import Receiver
 
 __all__ = ["environ_key", "hook_headers", "read_body", "serve_hook"]
 
@@ -21,6 +24,7 @@ _HOOK_HEADERS = (
     ("webhook-id", "HTTP_WEBHOOK_ID"),
     ("webhook-timestamp", "HTTP_WEBHOOK_TIMESTAMP"),
     ("webhook-signature", "HTTP_WEBHOOK_SIGNATURE"),
+    ("content-type", "CONTENT_TYPE"),  # what the identity-provider routes read
 )
 
 
@@ -76,12 +80,13 @@ def read_body(
 
 
 def hook_headers(environ: Mapping[str, Any]) -> dict[str, str]:
-    """The Standard Webhooks headers of a request, under lower-case names."""
+    """The Standard Webhooks headers (and ``Content-Type``) of a request, under
+    lower-case names."""
     return {name: environ[key] for name, key in _HOOK_HEADERS if key in environ}
 
 
 def serve_hook(
-    hook: InvalidationHook,
+    hook: InvalidationHook | Receiver,
     environ: Mapping[str, Any],
     stream: Readable,
     *,
@@ -91,13 +96,16 @@ def serve_hook(
 
     ``environ`` provides ``REQUEST_METHOD``, ``CONTENT_LENGTH`` and the ``HTTP_*``
     headers; ``stream`` the raw body. 405 for a method other than POST, 413 for a
-    body over 64 KiB (declared or actual), else whatever the hook decides.
+    body over 64 KiB (declared or actual), else whatever the hook decides. Serves the
+    identity-provider routes (any :class:`~sessionmw.idp.Receiver`) the same way.
     """
     if environ.get("REQUEST_METHOD") != "POST":
         return METHOD_NOT_ALLOWED
     body = read_body(stream, environ.get("CONTENT_LENGTH"), terminated=terminated)
-    if body is None:
-        return INVALID_PAYLOAD
+    if body is None or (body.refusal is not None and body.refusal.status == 400):
+        # Malformed, in the route's own words (the hook's is invalid_payload).
+        malformed: Answer = getattr(hook, "malformed", INVALID_PAYLOAD)
+        return malformed
     if body.refusal is not None:
         return body.refusal
     return hook.handle(hook_headers(environ), body.body)

@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from starlette.routing import Route
     from typing_extensions import Unpack
 
+    from sessionmw.idp import Receiver
     from sessionmw.sessions import Sessions
 
 __all__ = ["DeviceSessionMiddleware", "InvalidationApp", "invalidation_route", "sessions"]
@@ -143,14 +144,20 @@ class InvalidationApp:
     Refuses non-POST methods (405 + ``Allow: POST``), refuses a body over 64 KiB
     while it streams in (413, declared or chunked: the excess is never read whole or
     hashed) or with a malformed ``Content-Length`` (400), then hands the raw body to
-    the gate's hook.
+    the gate's hook. ``receiver`` serves another internal route the same way (the
+    identity-provider routes of SPEC section 14, :mod:`sessionmw.idp`).
     """
 
-    def __init__(self, gate: Gate) -> None:
-        if gate.hook is None:
-            raise ConfigError("invalidation_secret", "the invalidation hook needs a secret")
+    def __init__(self, gate: Gate, receiver: Receiver | None = None) -> None:
+        if receiver is None:
+            if gate.hook is None:
+                raise ConfigError(
+                    "invalidation_secret",
+                    "the invalidation hook needs invalidation_secret or invalidation_public_key",
+                )
+            receiver = gate.hook
         self.gate = gate
-        self._hook = gate.hook
+        self._hook = receiver
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -166,7 +173,10 @@ class InvalidationApp:
         if body is None:
             return
         if body.refusal is not None:
-            await send_answer(body.refusal, send)
+            refusal = body.refusal
+            if refusal.status == 400:  # a malformed Content-Length, in the route's own words
+                refusal = getattr(self._hook, "malformed", refusal)
+            await send_answer(refusal, send)
             return
         answer = await self._hook.ahandle(_decoded_headers(scope), body.body)
         await send_answer(answer, send)
@@ -180,7 +190,7 @@ def invalidation_route(settings_or_gate: Settings | Gate | None = None, path: st
     same the middleware was given, so both share one cache. ``path`` defaults to the
     ``invalidation_path`` setting; another path *moves* the hook: the middleware of
     that gate then serves it there and no longer at ``invalidation_path``. Needs
-    ``invalidation_secret``.
+    ``invalidation_secret`` or ``invalidation_public_key``.
 
     >>> routes = [invalidation_route(settings, "/hooks/sessions")]  # doctest: +SKIP
     """
@@ -256,6 +266,14 @@ class DeviceSessionMiddleware:
         gate = self.gate
         _BUILT.add(self)
         self.hook_app = InvalidationApp(gate) if gate.hook is not None else None
+        # The app of every internal route (gate.routes), by its receiver.
+        self._route_apps: dict[Any, InvalidationApp] = {
+            receiver: InvalidationApp(gate, receiver)
+            for receiver in (gate.oidc, gate.ssf)
+            if receiver is not None
+        }
+        if self.hook_app is not None:
+            self._route_apps[gate.hook] = self.hook_app
         # Everything the request path needs, bound once.
         self._header = gate.header.encode("latin-1")
         self._exempt_methods = gate.exempt_methods
@@ -333,9 +351,9 @@ class DeviceSessionMiddleware:
         gate = self.gate
         if not gate.started:
             gate.start()
-        hook_path = gate.hook_path
-        if hook_path is not None and scope["path"] == hook_path and self.hook_app is not None:
-            return self.hook_app(scope, receive, send)
+        routes = gate.routes  # the hook and the identity-provider routes, if any
+        if routes is not None and (served := routes.get(scope["path"])) is not None:
+            return self._route_apps[served](scope, receive, send)
         # Exempt methods and paths are decided on the full path: a valid cached
         # session passes either way, and the hit path stays short.
 

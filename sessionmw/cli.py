@@ -69,10 +69,10 @@ def _hook_url(url: str) -> str:
     return urlunsplit(parts)
 
 
-def _post_hook(url: str, secret: str, event: Event, timeout: float) -> dict[str, Any]:
+def _post_hook(url: str, keys: Sequence[str], event: Event, timeout: float) -> dict[str, Any]:
     from sessionmw.signing import signed_request
 
-    headers, body = signed_request(secret, [to_json(event)])
+    headers, body = signed_request(keys, [to_json(event)])
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
@@ -80,7 +80,10 @@ def _post_hook(url: str, secret: str, event: Event, timeout: float) -> dict[str,
             return answer
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace").strip()
-        hint = " (is --secret the app's invalidation_secret?)" if exc.code == 401 else ""
+        hint = ""
+        if exc.code == 401:
+            hint = " (is --secret the app's invalidation_secret, or --signing-key the private"
+            hint += " half of one of its invalidation_public_key?)"
         _fail(f"the hook answered {exc.code} {detail}{hint}")
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
@@ -97,8 +100,25 @@ def _publish(bus_url: str, stream: str, event: Event, timeout: float) -> str:
     except ImportError as exc:  # the bus's driver is not installed
         _fail(str(exc))
     except BusUnavailable as exc:
-        _fail(f"cannot add to stream {stream!r} at {redact_url(bus_url)}: {exc}")
+        where = "" if bus_url.startswith("postgres") else f"add to stream {stream!r} at "
+        _fail(f"cannot {where or 'publish to '}{redact_url(bus_url)}: {exc}")
     return ids[0] if ids else ""
+
+
+def _signing_key(value: str) -> str:
+    """A validated ``whsk_`` key; ``-`` reads it from stdin (kept out of ``ps``)."""
+    from sessionmw.signing import public_key_of
+
+    key = sys.stdin.readline().strip() if value == "-" else value
+    if not key.startswith("whsk_"):
+        raise ValueError("--signing-key must be a whsk_ key (python -m sessionmw.signing)")
+    try:
+        public_key_of(key)
+    except ImportError as exc:
+        _fail(str(exc))
+    except ValueError as exc:
+        raise ValueError(f"--signing-key: {exc}") from None
+    return key
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
@@ -108,16 +128,30 @@ def cmd_revoke(args: argparse.Namespace) -> int:
             kind = scheme_kind("bus", args.bus)
         except ConfigError:
             kind = None
-        if kind != "redis":
-            raise ValueError(f"--bus must be a redis:// URL, got {redact_url(args.bus)!r}")
+        if kind not in ("redis", "postgres"):
+            raise ValueError(
+                f"--bus must be a postgresql:// or redis:// URL, got {redact_url(args.bus)!r}"
+            )
         entry = _publish(args.bus, args.stream, event, args.timeout)
-        print(json.dumps({"stream": args.stream, "entry": entry, "event": event.type}))
+        if kind == "postgres":  # a row of the events table, its id as the entry
+            print(json.dumps({"entry": entry, "event": event.type}))
+        else:
+            print(json.dumps({"stream": args.stream, "entry": entry, "event": event.type}))
         return 0
-    secret = args.secret or os.environ.get(SECRET_ENV, "").split(",")[0].strip()
-    if not secret:
-        raise ValueError(f"--hook needs --secret (or {SECRET_ENV} in the environment)")
-    Settings(invalidation_secret=(secret,))  # validates the secret's format
-    answer = _post_hook(_hook_url(args.hook), secret, event, args.timeout)
+    secret = args.secret
+    if secret is None and args.signing_key is None:
+        secret = os.environ.get(SECRET_ENV, "").split(",")[0].strip()
+    if not secret and not args.signing_key:
+        raise ValueError(
+            f"--hook needs --secret or --signing-key (or {SECRET_ENV} in the environment)"
+        )
+    keys: list[str] = []
+    if secret:
+        Settings(invalidation_secret=(secret,))  # validates the secret's format
+        keys.append(secret)
+    if args.signing_key:
+        keys.append(_signing_key(args.signing_key))
+    answer = _post_hook(_hook_url(args.hook), keys, event, args.timeout)
     print(json.dumps(answer))
     return 0
 
@@ -328,11 +362,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help=f"the app's hook URL (a bare origin gets {DEFAULT_HOOK_PATH})",
     )
-    where.add_argument("--bus", metavar="REDIS_URL", help="add the event to the Redis stream")
+    where.add_argument(
+        "--bus",
+        metavar="URL",
+        help="add the event to the Redis stream, or the postgresql:// bus's table",
+    )
     revoke.add_argument(
         "--secret",
         metavar="WHSEC",
         help=f"with --hook: the signing secret (default: ${SECRET_ENV}, first entry)",
+    )
+    revoke.add_argument(
+        "--signing-key",
+        metavar="WHSK",
+        help="with --hook: sign v1a (ed25519) with this whsk_ key instead of, or besides, "
+        "--secret; '-' reads it from stdin (make a pair: python -m sessionmw.signing)",
     )
     revoke.add_argument(
         "--stream",

@@ -23,7 +23,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sessionmw import _fork
 from sessionmw._histogram import BACKEND_LATENCY_BUCKETS, REVOCATION_LAG_BUCKETS, Histogram
@@ -38,6 +38,9 @@ from sessionmw.events import Event, apply_event
 from sessionmw.hook import InvalidationHook
 from sessionmw.records import SessionRecord, SessionStatus
 from sessionmw.settings import Settings
+
+if TYPE_CHECKING:
+    from sessionmw.idp import Receiver
 
 __all__ = [
     "INVALID",
@@ -134,6 +137,11 @@ class Gate:
         self.revocation_lag = Histogram(REVOCATION_LAG_BUCKETS)
         #: Invalidation events applied to this process's cache, by type.
         self.events_applied: dict[str, int] = {}
+        #: Invalidation events received, by source (``hook``, ``bus``, ``oidc``, ``ssf``).
+        self.events_received: dict[str, int] = {}
+        # Events arrive on several threads (hook requests, the bus subscriber): the two
+        # counters above change under this lock. Never taken on the request path.
+        self._events_lock = threading.Lock()
         # Not `cache or ...`: an empty cache is falsy (it has __len__).
         self.cache = (
             cache
@@ -147,16 +155,36 @@ class Gate:
             )
         )
         self.bus: Bus = bus_from_url(
-            settings.bus, stream=settings.stream, timeout=settings.backend_timeout
+            settings.bus,
+            stream=settings.stream,
+            timeout=settings.backend_timeout,
+            retention=settings.bus_retention,
         )
         self.hook = (
-            InvalidationHook(settings.invalidation_secret, apply=self.apply_events, bus=self.bus)
+            InvalidationHook(
+                settings.invalidation_secret,
+                public_keys=settings.invalidation_public_key,
+                apply=self.apply_events,
+                bus=self.bus,
+            )
             if settings.hook_enabled
             else None
         )
-        #: Where this gate's hook is served (``None``: no hook). ``invalidation_route``
-        #: may move it; the middlewares read it per request.
-        self.hook_path = settings.invalidation_path if self.hook else None
+        # Identity-provider routes (SPEC section 14): built only when configured, so
+        # joserfc and httpx are imported only then.
+        self.oidc: Receiver | None = None
+        self.ssf: Receiver | None = None
+        if settings.oidc_issuer or settings.ssf_issuer:
+            from sessionmw import idp
+
+            self.oidc, self.ssf = idp.build(
+                settings, store=self.backend, apply=self.apply_events, bus=self.bus
+            )
+        self._hook_path = settings.invalidation_path if self.hook else None
+        #: The internal POST routes (hook, back-channel logout, SSF) by path; ``None``
+        #: when there are none, so the request path pays one ``is None`` test.
+        self.routes: dict[str, Receiver] | None = None
+        self._route()
         # Activity (SPEC section 11): recorded per request when there is a store to
         # write last_seen to, or an idle timeout to enforce.
         writable = callable(getattr(self.backend, "touch_many", None))
@@ -189,6 +217,29 @@ class Gate:
 
     def __repr__(self) -> str:
         return f"<Gate backend={self.backend!r} bus={self.bus!r} cache={self.cache!r}>"
+
+    @property
+    def hook_path(self) -> str | None:
+        """Where this gate's hook is served (``None``: no hook). ``invalidation_route``
+        may move it; the middlewares read :attr:`routes` per request."""
+        return self._hook_path
+
+    @hook_path.setter
+    def hook_path(self, path: str | None) -> None:
+        self._hook_path = path
+        self._route()
+
+    def _route(self) -> None:
+        routes: dict[str, Receiver] = {}
+        if self.hook is not None and self._hook_path is not None:
+            routes[self._hook_path] = self.hook
+        for key, receiver in (("oidc_logout_path", self.oidc), ("ssf_path", self.ssf)):
+            if receiver is not None:
+                path = getattr(self.settings, key)
+                if path in routes:
+                    raise ConfigError(key, f"{path!r} is already served by another route")
+                routes[path] = receiver
+        self.routes = routes or None
 
     # -- per request -------------------------------------------------------------
 
@@ -307,17 +358,29 @@ class Gate:
     def apply_event(self, event: Event) -> None:
         """Apply one event to this process's cache."""
         apply_event(self.cache, event)
-        self.events_applied[event.type] = self.events_applied.get(event.type, 0) + 1
+        with self._events_lock:
+            self.events_applied[event.type] = self.events_applied.get(event.type, 0) + 1
 
-    def apply_events(self, events: Sequence[Event]) -> None:
-        """Apply a batch to this process's cache (the hook and ``Sessions`` call this)."""
+    def apply_events(self, events: Sequence[Event], *, source: str = "hook") -> None:
+        """Apply a batch to this process's cache (the hook and ``Sessions`` call this).
+
+        ``source`` names where the batch came from, for the metrics: ``hook`` (the
+        signed hook), ``oidc`` (back-channel logout), ``ssf`` (security event tokens).
+        Events read from the bus come through :meth:`bus_event` (source ``bus``).
+        """
+        self._received(source, len(events))
         for event in events:
             self.apply_event(event)
+
+    def _received(self, source: str, count: int) -> None:
+        with self._events_lock:
+            self.events_received[source] = self.events_received.get(source, 0) + count
 
     # -- the bus's sink ------------------------------------------------------------
 
     def bus_event(self, event: Event, sent_at: float | None) -> None:
         """An event read from the bus (``sent_at``: the publisher's wall clock)."""
+        self._received("bus", 1)
         self.apply_event(event)
         if sent_at is not None:
             self.revocation_lag.observe(max(0.0, time.time() - sent_at))
@@ -356,6 +419,11 @@ class Gate:
             if self.activity is not None:
                 self.activity.stop()  # writes what is pending: shutdown must not lose it
             self.started = False
+        for callback in list(_STOP_CALLBACKS):
+            try:
+                callback(self)
+            except Exception:  # an observer must not break a shutdown
+                self._log.exception("gate.stop_callback_failed")
 
     async def astop(self) -> None:
         """Like :meth:`stop`, then close the backend's clients (ASGI lifespan shutdown).
@@ -374,6 +442,7 @@ class Gate:
     def _reset_after_fork(self) -> None:
         # The child inherits no running threads: start again lazily there.
         self._start_lock = threading.Lock()
+        self._events_lock = threading.Lock()
         self.started = False
         self.bus.after_fork()
         if self.activity is not None:
@@ -389,10 +458,19 @@ class Gate:
             "rejected": dict(self.rejected),
             "bus_connected": self.bus.connected,
             "events_applied": dict(self.events_applied),
+            "events_received": dict(self.events_received),
         }
 
 
 _GATES: weakref.WeakSet[Gate] = weakref.WeakSet()
+_STOP_CALLBACKS: list[Callable[[Gate], None]] = []
+
+
+def on_stop(callback: Callable[[Gate], None]) -> None:
+    """Call ``callback(gate)`` at the end of every :meth:`Gate.stop`. The metrics
+    exporter writes its last numbers there: a server may end a worker right after
+    the ASGI lifespan shutdown without running ``atexit`` (uvicorn re-raises SIGTERM)."""
+    _STOP_CALLBACKS.append(callback)
 
 
 def live_gates() -> list[Gate]:

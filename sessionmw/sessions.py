@@ -22,7 +22,7 @@ import asyncio
 import builtins
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sessionmw._log import get_logger, hash_id
@@ -139,10 +139,20 @@ class Sessions:
 
         Returns whether the session was active. Idempotent: the event is pushed
         every time, so calling again after :class:`~sessionmw.BusUnavailable` is the
-        way to finish the job.
+        way to finish the job. With a SQL store and a PostgreSQL bus in one database,
+        the status and the event are written in one transaction: on
+        ``BusUnavailable`` neither was.
         """
-        was_active = bool(self.store.revoke(session_id))
-        self._push([SessionRevoked(session_id)])
+        store = self.store
+        events: builtins.list[Event] = [SessionRevoked(session_id)]
+        write = self._same_transaction(store)
+        if write is not None:
+            # Status and event commit together (or neither does).
+            was_active = bool(store.revoke(session_id, also=lambda conn, _: write(conn, events)))
+            self.gate.apply_events(events, source="app")
+        else:
+            was_active = bool(store.revoke(session_id))
+            self._push(events)
         self._log.info(SESSION_REVOKED, session=hash_id(session_id), was_active=was_active)
         return was_active
 
@@ -152,21 +162,41 @@ class Sessions:
 
         Without ``keep`` a ``user_sessions_revoked`` event is pushed too, so caches
         also refuse sessions of the user that a lagging store replica still shows."""
-        revoked: builtins.list[str] = list(self.store.revoke_user(user_id, keep=keep))
-        events: builtins.list[Event] = [SessionRevoked(sid) for sid in revoked]
-        if keep is None:
-            events.append(UserSessionsRevoked(user_id, time.time()))
-        if events:
-            self._push(events)
+        store = self.store
+        now = time.time()
+
+        def events_for(revoked: builtins.list[str]) -> builtins.list[Event]:
+            events: builtins.list[Event] = [SessionRevoked(sid) for sid in revoked]
+            if keep is None:
+                events.append(UserSessionsRevoked(user_id, now))
+            return events
+
+        revoked = self._revoke_many(
+            store, events_for, lambda also: store.revoke_user(user_id, keep=keep, also=also)
+        )
+        if revoked is None:
+            revoked = list(store.revoke_user(user_id, keep=keep))
+            events = events_for(revoked)
+            if events:
+                self._push(events)
         self._log.info(SESSION_REVOKED, user=hash_id(user_id), count=len(revoked))
         return len(revoked)
 
     def revoke_idp_sid(self, idp_sid: str) -> int:
         """Revoke every session created with this identity-provider session."""
         store = self.store
+
+        def events_for(revoked: builtins.list[str]) -> builtins.list[Event]:
+            return [SessionRevoked(sid) for sid in revoked]
+
+        done = self._revoke_many(
+            store, events_for, lambda also: store.revoke_idp_sid(idp_sid, also=also)
+        )
+        if done is not None:
+            return len(done)
         revoked = [sid for sid in store.ids_for_idp_sid(idp_sid) if store.revoke(sid)]
         if revoked:
-            self._push([SessionRevoked(sid) for sid in revoked])
+            self._push(events_for(revoked))
         return len(revoked)
 
     def create_schema(self) -> builtins.list[str]:
@@ -175,8 +205,45 @@ class Sessions:
         return created
 
     def _push(self, events: Sequence[Event]) -> None:
-        self.gate.apply_events(events)
+        self.gate.apply_events(events, source="app")
         self.gate.bus.publish(events)
+
+    def _same_transaction(self, store: Any) -> Callable[[Any, Sequence[Event]], None] | None:
+        """The bus's ``write_events(conn, events)`` when the store's revoking
+        transaction can carry the events too: a PostgreSQL bus in the database of a
+        SQL store (same host, port, database and user). ``None`` otherwise."""
+        bus = self.gate.bus
+        write = getattr(bus, "write_events", None)
+        same = getattr(bus, "same_database", None)
+        if not (callable(write) and callable(same) and hasattr(store, "revoke_idp_sid")):
+            return None
+        engine = getattr(store, "engine", None)
+        url = getattr(engine, "url", None)
+        if url is None or not same(url):
+            return None
+        return write  # type: ignore[no-any-return]
+
+    def _revoke_many(
+        self,
+        store: Any,
+        events_for: Callable[[builtins.list[str]], builtins.list[Event]],
+        revoke: Callable[[Any], builtins.list[str]],
+    ) -> builtins.list[str] | None:
+        """Run ``revoke(also)`` with the events written in its transaction, then apply
+        them here; ``None`` (nothing done) when the store and bus cannot share one."""
+        write = self._same_transaction(store)
+        if write is None:
+            return None
+        events: builtins.list[Event] = []
+
+        def also(conn: Any, revoked: builtins.list[str]) -> None:
+            events[:] = events_for(revoked)
+            write(conn, events)
+
+        revoked = list(revoke(also))
+        if events:
+            self.gate.apply_events(events, source="app")
+        return revoked
 
     # -- async twins -------------------------------------------------------------
 

@@ -288,11 +288,11 @@ class SettingsKeywords(TypedDict, total=False):
     bus: str
     stream: str
     bus_outage_ttl: float
+    bus_retention: float
     session_lifetime: float
     idle_timeout: float
     touch_interval: float
     max_sessions_per_user: int
-    bus_retention: float
     invalidation_public_key: Iterable[str] | str
     oidc_issuer: str | None
     oidc_audience: Iterable[str] | str

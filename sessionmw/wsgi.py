@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
     from typing_extensions import Unpack
 
+    from sessionmw.idp import Receiver
     from sessionmw.sessions import Sessions
 
 __all__ = ["ENVIRON_KEY", "SESSIONS_KEY", "DeviceSessionMiddleware", "sessions"]
@@ -127,9 +128,9 @@ class DeviceSessionMiddleware:
             gate.start()
         if self._several:  # else sessions(environ) finds the one gate without it
             environ[SESSIONS_KEY] = self.sessions
-        hook_path = gate.hook_path
-        if hook_path is not None and environ.get("PATH_INFO") == hook_path:
-            return self._hook(environ, start_response)
+        routes = gate.routes  # the hook and the identity-provider routes, if any
+        if routes is not None and (served := routes.get(environ.get("PATH_INFO", ""))) is not None:
+            return self._hook(environ, start_response, served)
         # The hit, inlined (MemoryCache.hit is the reference: keep the two
         # alike): fresh, active, unexpired, with no format check (the cache only holds
         # IDs that passed it). Exempt methods and paths are decided on the full path:
@@ -174,10 +175,11 @@ class DeviceSessionMiddleware:
         environ[ENVIRON_KEY] = outcome
         return self.app(environ, start_response)
 
-    def _hook(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        assert self.gate.hook is not None
+    def _hook(
+        self, environ: WSGIEnvironment, start_response: StartResponse, served: Receiver
+    ) -> Iterable[bytes]:
         answer = serve_hook(
-            self.gate.hook,
+            served,
             environ,
             environ.get("wsgi.input") or BytesIO(),
             terminated=bool(environ.get("wsgi.input_terminated")),

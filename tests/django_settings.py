@@ -3,6 +3,10 @@ so nothing leaks into the example servers' subprocess environment)."""
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import django
@@ -15,9 +19,14 @@ TEST_SETTINGS: dict[str, Any] = {
     "ROOT_URLCONF": "examples.django_app.urls",
     "USE_TZ": True,
     "INSTALLED_APPS": [
+        "django.contrib.admin",
         "django.contrib.contenttypes",
         "django.contrib.auth",
         "django.contrib.sessions",
+        "django.contrib.messages",
+        "rest_framework",
+        "rest_framework.authtoken",
+        "sessionmw.contrib.django",
     ],
     "MIDDLEWARE": [
         "django.middleware.security.SecurityMiddleware",
@@ -26,8 +35,25 @@ TEST_SETTINGS: dict[str, Any] = {
         "django.middleware.common.CommonMiddleware",
         "django.middleware.csrf.CsrfViewMiddleware",
         "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "django.contrib.messages.middleware.MessageMiddleware",
     ],
-    "DATABASES": {},
+    "TEMPLATES": [
+        {
+            "BACKEND": "django.template.backends.django.DjangoTemplates",
+            "APP_DIRS": True,
+            "OPTIONS": {
+                "context_processors": [
+                    "django.template.context_processors.request",
+                    "django.contrib.auth.context_processors.auth",
+                    "django.contrib.messages.context_processors.messages",
+                ]
+            },
+        }
+    ],
+    "DEFAULT_AUTO_FIELD": "django.db.models.BigAutoField",
+    # Connected only by the tests that use a database (the django store, the admin,
+    # DRF): a SQLite file per test process, migrated by those tests.
+    "DATABASES": {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ""}},
     "SESSIONMW": {"exempt_paths": ["/healthz"]},
 }
 
@@ -35,7 +61,16 @@ TEST_SETTINGS: dict[str, Any] = {
 def setup() -> None:
     """Configure Django once per test process."""
     if not settings.configured:
-        settings.configure(**TEST_SETTINGS)
+        workdir = tempfile.mkdtemp(prefix="sessionmw-django-tests-")
+        atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+        configured = dict(TEST_SETTINGS)
+        configured["DATABASES"] = {
+            "default": {
+                **TEST_SETTINGS["DATABASES"]["default"],
+                "NAME": str(Path(workdir) / "db.sqlite3"),
+            }
+        }
+        settings.configure(**configured)
         django.setup()
 
 

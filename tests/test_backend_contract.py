@@ -263,8 +263,86 @@ class HTTPHarness(Harness):
             yield backend_from_url(url, timeout=TIMEOUT)
 
 
-ALL = ["memory", "sqlite", "postgres", "redis", "http"]
-NETWORKED = ["sqlite", "postgres", "redis", "http"]  # every store that can fail
+def django_alias(alias: str, **conf: Any) -> str:
+    """Add a connection ``alias`` to Django's (test) settings, once per process."""
+    from django.db import connections
+
+    if alias not in connections.settings:
+        given = {"default": connections.settings["default"], alias: conf}
+        connections.settings[alias] = connections.configure_settings(given)[alias]
+    return alias
+
+
+class DjangoHarness(Harness):
+    """``backend = "django"``: the app's model on the test SQLite file."""
+
+    name = "django"
+
+    def __init__(self) -> None:
+        from tests import django_settings
+
+        django_settings.setup()
+        from django.db import connections
+
+        from sessionmw.backends.django import DjangoBackend
+
+        self.store = DjangoBackend("django")
+        self.store.create_schema()
+        self.store.model.objects.all().delete()
+        self.backend = self.store
+        self.path = str(connections["default"].settings_dict["NAME"])
+
+    def put_raw(self, session_id: str, fields: Fields) -> None:
+        from django.db import connections
+
+        row = {"user_id": "u", "status": "active", "expires_at": None, "issued_at": None}
+        row.update(_json_data(fields))
+        row.setdefault("data", None)
+        with connections["default"].cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO device_sessions (session_id, user_id, status, expires_at,"
+                " issued_at, data) VALUES (%s, %s, %s, %s, %s, %s)",
+                [
+                    session_id,
+                    *(row[k] for k in ("user_id", "status", "expires_at", "issued_at", "data")),
+                ],
+            )
+
+    def refused(self) -> Backend:
+        alias = django_alias(
+            "refused",
+            ENGINE="django.db.backends.postgresql",
+            HOST="127.0.0.1",
+            PORT=str(free_port()),
+            NAME="t",
+            USER="postgres",
+        )
+        return backend_from_url(f"django://{alias}", timeout=TIMEOUT)
+
+    @contextmanager
+    def stalled(self) -> Iterator[Backend]:
+        """Another connection holds an exclusive lock on the database file (the
+        alias's SQLite busy timeout is the sync bound, as a deployment sets it)."""
+        alias = django_alias(
+            "stalled",
+            ENGINE="django.db.backends.sqlite3",
+            NAME=self.path,
+            OPTIONS={"timeout": TIMEOUT},
+        )
+        blocker = sqlite3.connect(self.path, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            yield backend_from_url(f"django://{alias}", timeout=TIMEOUT)
+        finally:
+            blocker.rollback()
+            blocker.close()
+
+    def clear(self) -> None:
+        self.store.model.objects.all().delete()
+
+
+ALL = ["memory", "sqlite", "postgres", "redis", "http", "django"]
+NETWORKED = ["sqlite", "postgres", "redis", "http", "django"]  # every store that can fail
 
 
 async def _harness(name: str, request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
@@ -284,6 +362,13 @@ async def _harness(name: str, request: pytest.FixtureRequest) -> AsyncIterator[H
         rh = RedisHarness(request.getfixturevalue("redis_url"), client)
         yield rh
         await aclose(rh.backend)
+    elif name == "django":
+        # The contract calls the sync path from async tests too; Django refuses sync
+        # ORM calls in a thread running an event loop unless told this is on purpose.
+        request.getfixturevalue("monkeypatch").setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "1")
+        dh = DjangoHarness()
+        yield dh
+        dh.clear()
     else:
         with auth_service() as (service, url):
             hh = HTTPHarness(service, url)

@@ -128,6 +128,14 @@ def test_scripted_requests_and_events_read_back_exactly() -> None:
     events = {"session_revoked": 1, "user_sessions_revoked": 1, "flush": 1}
     for kind, expected in events.items():
         assert value(s, "sessionmw_invalidation_events_total", gate=g, type=kind) == expected
+    # Only the batch counts as received (from the hook, the default source); the two
+    # events applied one by one did not come from anywhere.
+    sources = {"hook": 1, "bus": 0, "oidc": 0, "ssf": 0}
+    for source, expected in sources.items():
+        assert (
+            value(s, "sessionmw_invalidation_events_received_total", gate=g, source=source)
+            == expected
+        )
     assert value(s, "sessionmw_cache_entries", gate=g) == 1  # flushed, then sess-rob
     assert value(s, "sessionmw_cache_max_entries", gate=g) == 3
     assert value(s, "sessionmw_bus_connected", gate=g) == 1
@@ -250,6 +258,32 @@ def test_bus_health_and_revocation_lag() -> None:
         value(s, "sessionmw_invalidation_events_total", gate=g, type="user_sessions_revoked") == 1
     )
     assert value(s, "sessionmw_invalidation_events_total", gate=g, type="flush") == 1
+    received = "sessionmw_invalidation_events_received_total"
+    assert value(s, received, gate=g, source="bus") == 2
+    assert value(s, received, gate=g, source="hook") == 0
+
+
+def test_events_are_counted_by_source() -> None:
+    """Every batch counts its events under the source its receiver names (the hook,
+    the bus, an OpenID back-channel logout, a Shared Signals event); a source outside
+    the four still shows, under its own name."""
+    gate = Gate(Settings(backend=MemoryBackend([ALICE])))
+    registry = CollectorRegistry()
+    register_metrics(registry, gates={"g": gate})
+    gate.apply_events([SessionRevoked("sess-a"), SessionRevoked("sess-b")])
+    gate.apply_events([UserSessionsRevoked("user-a")], source="oidc")
+    gate.apply_events([SessionRevoked("sess-c")], source="ssf")
+    gate.apply_events([SessionRevoked("sess-d"), Flush()], source="ssf")
+    gate.bus_event(SessionRevoked("sess-e"), None)
+    gate.apply_events([], source="oidc")
+    gate.apply_events([Flush()], source="replay")
+    s = scrape(registry)
+    received = "sessionmw_invalidation_events_received_total"
+    counted = {"hook": 2, "bus": 1, "oidc": 1, "ssf": 3, "replay": 1}
+    for source, expected in counted.items():
+        assert value(s, received, gate="g", source=source) == expected, source
+    assert gate.stats()["events_received"] == counted
+    assert value(s, "sessionmw_invalidation_events_total", gate="g", type="session_revoked") == 5
 
 
 async def test_requests_through_the_asgi_adapter_on_the_default_collection() -> None:

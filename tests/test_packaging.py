@@ -172,6 +172,14 @@ MISSING_EXTRAS = [
     ("import sessionmw.contrib.django", "django"),
     ("import sessionmw.contrib.django.urls", "django"),
     ("import sessionmw.metrics", "prometheus"),
+    ("import sessionmw.contrib.fastapi", "fastapi"),
+    ("import sessionmw.contrib.drf", "drf"),
+    ("from sessionmw.bus import bus_from_url as b; b('postgresql://h/db', stream='s')", "postgres"),
+    (
+        "from sessionmw.gate import Gate; from sessionmw import Settings as S; "
+        "Gate(S(oidc_issuer='https://idp.example', oidc_audience='app'))",
+        "oidc",
+    ),
     ("from sessionmw.backends import backend_from_url as b; b('redis://127.0.0.1/0')", "redis"),
     ("from sessionmw.backends import backend_from_url as b; b('sqlite:///s.db')", "sql"),
     ("from sessionmw.backends import backend_from_url as b; b('postgresql://h/db')", "sql"),

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from sessionmw import ConfigError, Settings
-from sessionmw.settings import scheme_kind
 from sessionmw.backends import MemoryBackend
+from sessionmw.settings import scheme_kind
 
 SECRET_A = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SECRET_B = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"
@@ -183,7 +183,7 @@ BAD_VALUES = [
 def test_issuer_without_audience_names_the_audience(prefix: str) -> None:
     """An issuer alone would accept tokens meant for any client: refused at start-up."""
     with pytest.raises(ConfigError) as info:
-        Settings(**{f"{prefix}_issuer": "https://idp.example"})
+        Settings.from_mapping({f"{prefix}_issuer": "https://idp.example"})
     assert info.value.key == f"{prefix}_audience"
 
 
@@ -207,7 +207,9 @@ def test_every_redis_form_is_a_redis_backend_and_bus(url: str) -> None:
 
 def test_postgres_bus_and_django_backend_schemes() -> None:
     assert scheme_kind("bus", "postgresql://postgres@127.0.0.1/test") == "postgres"
-    assert scheme_kind("backend", "django") == scheme_kind("backend", "django://replica") == "django"
+    assert (
+        scheme_kind("backend", "django") == scheme_kind("backend", "django://replica") == "django"
+    )
 
 
 @pytest.mark.parametrize(("key", "value"), BAD_VALUES)

@@ -34,6 +34,7 @@ from sessionmw.backends.redis import (
 )
 from sessionmw.backends.sql import SQLBackend
 from tests.test_backend_contract import (
+    DjangoHarness,
     Harness,
     MemoryHarness,
     PostgresHarness,
@@ -46,8 +47,8 @@ T = TypeVar("T")
 NOW = time.time()
 #: Characters a store or a driver might quote, escape or echo back.
 SID = "sid+Raw/ID='x'=="
-STORES = ["memory", "sqlite", "postgres", "redis"]
-NETWORKED = ["sqlite", "postgres", "redis"]
+STORES = ["memory", "sqlite", "postgres", "redis", "django"]
+NETWORKED = ["sqlite", "postgres", "redis", "django"]
 
 
 class Case:
@@ -72,6 +73,14 @@ class Case:
         """Write one field as the store holds it, bypassing every check."""
         if self.name == "redis":
             self.redis.hset(session_key(session_id), field, str(value))
+        elif self.name == "django":
+            from django.db import connection
+
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"UPDATE device_sessions SET {field} = %s WHERE session_id = %s",  # noqa: S608
+                    [value, session_id],
+                )
         else:
             table = self.sql.table_name
             stmt = sa.text(f"UPDATE {table} SET {field} = :v WHERE session_id = :sid")  # noqa: S608
@@ -91,6 +100,12 @@ async def _case(name: str, request: pytest.FixtureRequest) -> AsyncIterator[Case
         yield Case(pg)
         pg.drop()
         pg.store.close()
+    elif name == "django":
+        # Sync store calls from async tests are on purpose here (see the contract).
+        request.getfixturevalue("monkeypatch").setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "1")
+        dh = DjangoHarness()
+        yield Case(dh)
+        dh.clear()
     else:
         client = request.getfixturevalue("redis_client")  # flushed around the test
         rh = RedisHarness(request.getfixturevalue("redis_url"), client)
@@ -415,6 +430,21 @@ async def test_touch_many_is_one_round_trip(
         assert names == ["EVALSHA"]
         assert len(sends) == 1
         assert command_calls(real_case.redis, "evalsha") - before == 1
+    elif real_case.name == "django":
+        from django.db import connection
+
+        statements: list[str] = []
+
+        def record(execute: Any, sql: str, *args: Any) -> Any:
+            statements.append(sql)
+            return execute(sql, *args)
+
+        with connection.execute_wrapper(record):
+            store.touch_many(items)
+            store.touch_many([])
+        await store.atouch_many([])
+        assert len(statements) == 1
+        assert statements[0].lstrip().upper().startswith("UPDATE")
     else:
         with sql_statements(real_case.sql) as statements:
             store.touch_many(items)

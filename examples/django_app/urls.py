@@ -1,7 +1,9 @@
-"""URLconf of the Django example: the app's views plus the invalidation hook."""
+"""URLconf of the Django example: the app's views, the DRF view, the admin and the
+invalidation hook."""
 
 from __future__ import annotations
 
+from django.contrib import admin
 from django.urls import URLPattern, URLResolver, include, path
 
 from examples.django_app import views
@@ -13,5 +15,7 @@ urlpatterns: list[URLPattern | URLResolver] = [
     path("logout", views.logout),
     path("logout-others", views.logout_others),
     path("devices", views.devices),
+    path("api/whoami", views.api_whoami),
+    path("admin/", admin.site.urls),
     path("", include("sessionmw.contrib.django.urls")),
 ]

@@ -9,10 +9,20 @@ from __future__ import annotations
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST, require_safe
+from rest_framework.authentication import TokenAuthentication
+from rest_framework.decorators import (
+    api_view,
+    authentication_classes,
+    permission_classes,
+)
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
 
 from examples._store import login_user_id
-from sessionmw import BusUnavailable
+from sessionmw import BusUnavailable, SessionRecord
 from sessionmw.contrib.django import exempt, sessions
+from sessionmw.contrib.drf import DeviceSessionAuthentication
 
 
 @require_safe
@@ -79,3 +89,20 @@ def _bus_unavailable() -> JsonResponse:
     response = JsonResponse({"error": "bus_unavailable"}, status=503)
     response["Retry-After"] = "1"
     return response
+
+
+@api_view(["GET"])
+@authentication_classes([DeviceSessionAuthentication, TokenAuthentication])
+@permission_classes([IsAuthenticated])
+def api_whoami(request: Request) -> Response:
+    """DRF: a device session (its user must exist in ``auth.User``) or a DRF token.
+
+    The first class gives the 401's ``WWW-Authenticate: DeviceSession``."""
+    record = request.auth if isinstance(request.auth, SessionRecord) else None
+    return Response(
+        {
+            "username": request.user.get_username(),
+            "via": "device_session" if record is not None else "token",
+            "session_id": record.session_id if record is not None else None,
+        }
+    )

@@ -170,4 +170,9 @@ def backend_from_url(url: str, *, timeout: float = 2.0, client: Any = None) -> B
             from sessionmw.backends.sql import SQLBackend
 
         return SQLBackend(url, timeout=timeout, engine=client)
+    if kind == "django":
+        with require_extra("django", "django", feature="the django backend"):
+            from sessionmw.backends.django import DjangoBackend
+
+        return DjangoBackend(url, timeout=timeout)
     raise ConfigError("backend", f"no store for {kind!r} URLs")

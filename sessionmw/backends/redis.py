@@ -1,4 +1,6 @@
-"""Sessions as Redis hashes (``redis://host:port/db``, ``rediss://``, ``unix://``).
+"""Sessions as Redis hashes, on every Redis URL of SPEC section 12: one server
+(``redis://``, ``rediss://``, ``unix://``), Sentinel (``redis+sentinel://``) and
+Cluster (``redis+cluster://``).
 
 Key ``sessionmw:session:{session_id}``, fields ``user_id``, ``status``, ``expires_at``,
 ``issued_at``, ``last_seen`` (optional epoch seconds), ``data`` (optional JSON object)
@@ -16,6 +18,22 @@ Clients are built on first use: one redis-py client for the sync path and one
 ``redis.asyncio`` client per event loop for the async path (an asyncio connection
 belongs to the loop that opened it). A process that forks drops the clients it
 inherited and builds its own.
+
+**On a cluster** each session hash lives in the slot of its own key, so sessions
+spread over the masters, and the user's and idp-sid's sets usually live elsewhere.
+Writes that touch several of those keys cannot be one MULTI/EXEC or one script
+there, so they run per key, in an order that keeps every intermediate state safe:
+
+* ``create`` / ``put`` write the hash first (atomically, on its own key), then add
+  the ID to the sets. A failure in between leaves a hash no set lists; ``create``
+  then raises, so the new session's ID was never handed out.
+* ``revoke_user`` reads the user's set, then revokes each session with a script on
+  that session's key (each check-and-set stays atomic; the whole is not: a session
+  created meanwhile is not revoked, as if it had been created just after).
+* ``touch_many`` sends one script call per session, in one pipeline per chunk.
+
+Listing a user's sessions still reads only that user's set and hashes; ``SCAN``
+(``create_schema``, ``list_sessions``) walks every master.
 """
 
 from __future__ import annotations
@@ -31,9 +49,11 @@ import redis
 import redis.asyncio as aredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError, WatchError
 from redis.retry import Retry as SyncRetry
 
+from sessionmw import _redis_url
 from sessionmw._log import BACKEND_MALFORMED, get_logger, hash_id
 from sessionmw.backends._clients import Clients
 from sessionmw.backends._errors import scrub, within
@@ -126,6 +146,42 @@ end
 return n
 """
 
+# Cluster mode: create a session hash only if its key is free (the sets follow).
+# KEYS[1] the hash; ARGV[1] PEXPIREAT milliseconds ('' none), then field, value, ...
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+if ARGV[1] ~= '' then
+  redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+end
+return 1
+"""
+
+# Cluster mode: revoke_user for one session, on its own key. ARGV: user_id, now.
+# 1 revoked, 0 left as it was, -1 gone or another user's (leaves the user's set).
+_REVOKE_ONE = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'none' then
+  return -1
+elseif kind ~= 'hash' then
+  return 0
+end
+local f = redis.call('HMGET', KEYS[1], 'user_id', 'status', 'expires_at')
+if f[1] ~= ARGV[1] then
+  return -1
+end
+if f[2] == 'active' then
+  local expires = f[3]
+  if not expires or expires == '' or (tonumber(expires) or 0) > tonumber(ARGV[2]) then
+    redis.call('HSET', KEYS[1], 'status', 'revoked')
+    return 1
+  end
+end
+return 0
+"""
+
 # Set the status only of an existing hash (HSET alone would create a partial one).
 _SET_STATUS = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -190,49 +246,63 @@ def _ids(members: Iterable[Any]) -> list[str]:
 class RedisBackend:
     """Sessions in Redis hashes.
 
+    ``url``: any Redis URL of SPEC section 12 (see :mod:`sessionmw._redis_url`).
     ``client``: an existing client to use instead of one built from ``url``. A sync
-    ``redis.Redis`` serves both paths (the async one through a worker thread); a
-    ``redis.asyncio.Redis`` serves the async path (on the loop it belongs to) while
-    the sync path uses a client built from ``url``. The caller keeps closing a given
-    client.
+    ``redis.Redis`` or ``RedisCluster`` serves both paths (the async one through a
+    worker thread); a ``redis.asyncio`` client serves the async path (on the loop it
+    belongs to) while the sync path uses a client built from ``url``. The caller
+    keeps closing a given client.
     """
 
     def __init__(self, url: str, *, timeout: float = 2.0, client: Any = None) -> None:
         if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
             raise ConfigError("backend_timeout", f"must be a positive number, got {timeout!r}")
-        if client is not None and not isinstance(client, (redis.Redis, aredis.Redis)):
+        sync_types = (redis.Redis, _redis_url.RedisCluster)
+        async_types = (aredis.Redis, _redis_url.AsyncRedisCluster)
+        if client is not None and not isinstance(client, sync_types + async_types):
             raise ConfigError("backend", f"not a redis client: {type(client).__name__}")
         self.url = url
         self.timeout = float(timeout)
-        # No retries: a retried timeout would overrun backend_timeout several times over.
+        target = _redis_url.parse(url, "backend") if client is None else None
+        #: Cluster mode: writes run per key (see the module's docstring).
+        self.cluster = (target is not None and target.is_cluster) or (
+            _redis_url.is_cluster_client(client)
+        )
+        # One immediate retry on a dropped connection only (a restarted server, a
+        # Sentinel failover that closed every client): never on a timeout, which
+        # would overrun backend_timeout.
         options: dict[str, Any] = {
             "socket_timeout": self.timeout,
             "socket_connect_timeout": self.timeout,
         }
-        self._clients: Clients[redis.Redis, aredis.Redis] = Clients(
-            lambda: redis.Redis.from_url(url, retry=SyncRetry(NoBackoff(), 0), **options),
-            lambda: aredis.Redis.from_url(url, retry=AsyncRetry(NoBackoff(), 0), **options),
-            given_sync=client if isinstance(client, redis.Redis) else None,
-            given_async=client if isinstance(client, aredis.Redis) else None,
-        )
-        if client is None:
-            self._check_url()
+        errors = (RedisConnectionError,)
 
-    def _check_url(self) -> None:
-        try:
-            redis.connection.parse_url(self.url)  # type: ignore[no-untyped-call]
-        except ValueError as exc:
-            raise ConfigError("backend", f"not a valid Redis URL: {exc}") from None
+        def build_sync() -> _redis_url.SyncClient:
+            retry = SyncRetry(NoBackoff(), 1, supported_errors=errors)
+            return _redis_url.sync_client(target or _redis_url.parse(url), retry=retry, **options)
+
+        def build_async() -> _redis_url.AsyncClient:
+            retry = AsyncRetry(NoBackoff(), 1, supported_errors=errors)
+            return _redis_url.async_client(target or _redis_url.parse(url), retry=retry, **options)
+
+        self._clients: Clients[_redis_url.SyncClient, _redis_url.AsyncClient] = Clients(
+            build_sync,
+            build_async,
+            given_sync=client if isinstance(client, sync_types) else None,
+            given_async=client if isinstance(client, async_types) else None,
+        )
 
     def __repr__(self) -> str:
         return f"<RedisBackend timeout={self.timeout:g}>"
 
     # -- clients -----------------------------------------------------------------
 
-    def _sync_client(self) -> redis.Redis:
+    def _sync_client(self) -> Any:
+        """The sync client: ``redis.Redis``, or ``RedisCluster`` on a cluster."""
         return self._clients.sync()
 
-    def _async_client(self) -> aredis.Redis:
+    def _async_client(self) -> Any:
+        """This loop's client: ``redis.asyncio.Redis``, or its ``RedisCluster``."""
         return self._clients.for_loop()
 
     def close(self) -> None:
@@ -275,7 +345,7 @@ class RedisBackend:
     def get(self, session_id: str) -> StoredSession | None:
         """The stored session, or ``None`` (unknown, or malformed: logged)."""
         try:
-            raw = self._sync_client().hgetall(session_key(session_id))
+            raw = self._clients.sync().hgetall(session_key(session_id))
         except RedisError as exc:
             self._failed(exc, session_id)
             return None
@@ -307,11 +377,15 @@ class RedisBackend:
     def create(self, session: StoredSession) -> None:
         """Insert a new session: its hash (expiring at ``expires_at``) and its
         memberships of the user's and the idp-sid's sets, in one MULTI/EXEC.
-        ``ValueError`` when the ID is taken (the key is WATCHed)."""
+        ``ValueError`` when the ID is taken (the key is WATCHed). On a cluster: the
+        hash first (a script that refuses a taken key), then the sets."""
         key = session_key(session.session_id)
+        if self.cluster:
+            self._create_per_key(session)
+            return
         try:
-            with self._sync_client().pipeline(transaction=True) as pipe:
-                pipe.watch(key)  # type: ignore[no-untyped-call]
+            with self._clients.sync().pipeline(transaction=True) as pipe:
+                pipe.watch(key)  # type: ignore[no-untyped-call,unused-ignore]
                 if pipe.exists(key):
                     raise ValueError("a session with this ID is already in the store")
                 pipe.multi()
@@ -327,11 +401,34 @@ class RedisBackend:
         except RedisError as exc:
             raise self._unavailable(exc, session.session_id) from None
 
+    def _create_per_key(self, session: StoredSession) -> None:
+        expiry = "" if session.expires_at is None else str(_expiry_ms(session.expires_at))
+        flat = [item for pair in _record_fields(session).items() for item in pair]
+        client = self._clients.sync()
+        try:
+            created = client.eval(_CREATE, 1, session_key(session.session_id), expiry, *flat)
+            if not created:
+                raise ValueError("a session with this ID is already in the store")
+            self._add_to_sets(client, session.session_id, session.user_id, session.idp_sid)
+        except RedisError as exc:
+            raise self._unavailable(exc, session.session_id) from None
+
+    @staticmethod
+    def _add_to_sets(
+        client: _redis_url.SyncClient, session_id: str, user_id: str, idp_sid: str | None
+    ) -> None:
+        """Cluster mode: the set memberships, after the hash (a pipeline per node)."""
+        pipe = client.pipeline(transaction=False)
+        pipe.sadd(user_key(user_id), session_id)
+        if idp_sid is not None:
+            pipe.sadd(idp_sid_key(idp_sid), session_id)
+        pipe.execute()
+
     async def acreate(self, session: StoredSession) -> None:
         await self._off_loop(self.create, session)
 
-    def _members(self, set_key: str) -> tuple[redis.Redis, list[str]]:
-        client = self._sync_client()
+    def _members(self, set_key: str) -> tuple[_redis_url.SyncClient, list[str]]:
+        client = self._clients.sync()
         return client, _ids(client.smembers(set_key))
 
     def list_user(self, user_id: str) -> list[StoredSession]:
@@ -373,7 +470,7 @@ class RedisBackend:
     def revoke(self, session_id: str) -> bool:
         """Mark the session revoked; ``True`` only if it was active (a script checks
         and sets atomically, and never creates a hash)."""
-        client = self._sync_client()
+        client = self._clients.sync()
         try:
             done = client.register_script(_REVOKE)(keys=[session_key(session_id)])
         except RedisError as exc:
@@ -389,13 +486,39 @@ class RedisBackend:
     def revoke_user(self, user_id: str, keep: str | None = None) -> list[str]:
         """Revoke the user's active, unexpired sessions except ``keep``, atomically
         (one script over the user's set); the IDs it revoked, sorted."""
-        client = self._sync_client()
+        client = self._clients.sync()
         args = [user_id, repr(time.time()), keep or "", KEY_PREFIX]
         try:
+            if self.cluster:
+                return self._revoke_user_per_key(client, user_id, keep)
             revoked = client.register_script(_REVOKE_USER)(keys=[user_key(user_id)], args=args)
         except RedisError as exc:
             raise self._unavailable(exc, keep or "") from None
         return _ids(revoked)
+
+    def _revoke_user_per_key(
+        self, client: _redis_url.SyncClient, user_id: str, keep: str | None
+    ) -> list[str]:
+        """Cluster mode: the user's set, then one script per session on its own key
+        (one pipeline, grouped per node by redis-py)."""
+        set_key = user_key(user_id)
+        ids = [sid for sid in _ids(client.smembers(set_key)) if sid != keep]
+        if not ids:
+            return []
+        now = repr(time.time())
+        pipe = client.pipeline(transaction=False)
+        for session_id in ids:
+            # ClusterPipeline.eval is refused by redis-py; EVAL through
+            # execute_command is routed by its key like any other command.
+            pipe.execute_command("EVAL", _REVOKE_ONE, 1, session_key(session_id), user_id, now)
+        results = pipe.execute(raise_on_error=False)
+        for result in results:
+            if isinstance(result, Exception) and not isinstance(result, ResponseError):
+                raise result
+        gone = [sid for sid, done in zip(ids, results, strict=True) if done == -1]
+        if gone:
+            client.srem(set_key, *gone)
+        return [sid for sid, done in zip(ids, results, strict=True) if done == 1]
 
     async def arevoke_user(self, user_id: str, keep: str | None = None) -> list[str]:
         return await self._off_loop(self.revoke_user, user_id, keep)
@@ -428,11 +551,17 @@ class RedisBackend:
         latest = list(latest_touches(items).items())
         if not latest:
             return
-        client = self._sync_client()
+        client = self._clients.sync()
         touch = client.register_script(_TOUCH)
         try:
             for start in range(0, len(latest), _TOUCH_CHUNK):
                 chunk = latest[start : start + _TOUCH_CHUNK]
+                if self.cluster:  # the keys span slots: one call per key, one pipeline
+                    pipe = client.pipeline(transaction=False)
+                    for sid, seen in chunk:
+                        pipe.execute_command("EVAL", _TOUCH, 1, session_key(sid), repr(seen))
+                    pipe.execute()
+                    continue
                 touch(
                     keys=[session_key(sid) for sid, _ in chunk],
                     args=[repr(seen) for _, seen in chunk],
@@ -450,7 +579,7 @@ class RedisBackend:
         the one-time backfill of the per-user and idp-sid sets (and hash expiry) of
         the sessions written before them."""
         try:
-            client = self._sync_client()
+            client = self._clients.sync()
             if client.exists(SCHEMA_KEY) or not client.dbsize():
                 return []
         except RedisError as exc:
@@ -463,7 +592,7 @@ class RedisBackend:
         one; then record in ``sessionmw:schema`` that it ran. Never deletes anything;
         what it did, ``[]`` when nothing was missing (an empty database stays empty)."""
         users = idps = expiries = 0
-        client = self._sync_client()
+        client = self._clients.sync()
         try:
             for ids in self._scan_sessions(client):
                 u, i, e = self._backfill(client, ids)
@@ -484,23 +613,26 @@ class RedisBackend:
             done.append(f"recorded the layout version in {SCHEMA_KEY}")
         return done
 
-    def _scan_sessions(self, client: redis.Redis) -> Iterable[list[str]]:
+    @staticmethod
+    def _scan_sessions(
+        client: _redis_url.SyncClient, count: int = _SCAN_COUNT
+    ) -> Iterable[list[str]]:
+        """The session IDs in the store, in batches of up to ``count``, from ``SCAN``
+        (on a cluster: of every master, as redis-py's ``scan_iter`` walks them)."""
         prefix = KEY_PREFIX.encode()
-        cursor: int = 0
-        while True:
-            cursor, keys = client.scan(cursor, match=KEY_PREFIX + "*", count=_SCAN_COUNT)
-            ids = []
-            for key in keys:
-                raw_key = key if isinstance(key, bytes) else str(key).encode()
-                text = _text(raw_key[len(prefix) :])
-                if text is not None:
-                    ids.append(text)
-            if ids:
+        ids: list[str] = []
+        for key in client.scan_iter(match=KEY_PREFIX + "*", count=count):
+            raw_key = key if isinstance(key, bytes) else str(key).encode()
+            text = _text(raw_key[len(prefix) :])
+            if text is not None:
+                ids.append(text)
+            if len(ids) >= count:
                 yield ids
-            if cursor == 0:
-                return
+                ids = []
+        if ids:
+            yield ids
 
-    def _backfill(self, client: redis.Redis, ids: list[str]) -> tuple[int, int, int]:
+    def _backfill(self, client: _redis_url.SyncClient, ids: list[str]) -> tuple[int, int, int]:
         """Set memberships and expiry for one SCAN step: (user, idp-sid, expiry) counts."""
         read = client.pipeline(transaction=False)
         for session_id in ids:
@@ -543,11 +675,17 @@ class RedisBackend:
         key = session_key(record.session_id)
         idp_sid = getattr(record, "idp_sid", None)
         try:
-            pipe = self._sync_client().pipeline(transaction=True)
+            client = self._clients.sync()
+            # On a cluster the MULTI holds the hash's own key only; the sets follow.
+            pipe = client.pipeline(transaction=True)
             pipe.delete(key)
             pipe.hset(key, mapping=_record_fields(record))  # type: ignore[arg-type]
             if record.expires_at is not None and record.expires_at > time.time():
                 pipe.pexpireat(key, _expiry_ms(record.expires_at))
+            if self.cluster:
+                pipe.execute()
+                self._add_to_sets(client, record.session_id, record.user_id, idp_sid)
+                return
             pipe.sadd(user_key(record.user_id), record.session_id)
             if idp_sid is not None:
                 pipe.sadd(idp_sid_key(idp_sid), record.session_id)
@@ -558,7 +696,7 @@ class RedisBackend:
     def delete(self, session_id: str) -> None:
         """Remove a record (no error when it does not exist)."""
         try:
-            self._sync_client().delete(session_key(session_id))
+            self._clients.sync().delete(session_key(session_id))
         except RedisError as exc:
             raise self._unavailable(exc, session_id) from None
 
@@ -566,7 +704,7 @@ class RedisBackend:
         """Set a session's status; ``False`` when the session does not exist."""
         value = SessionStatus(status).value
         try:
-            done = self._sync_client().eval(_SET_STATUS, 1, session_key(session_id), value)
+            done = self._clients.sync().eval(_SET_STATUS, 1, session_key(session_id), value)
         except RedisError as exc:
             raise self._unavailable(exc, session_id) from None
         return bool(done)
@@ -579,35 +717,24 @@ class RedisBackend:
         records: list[SessionRecord] = []
         if limit == 0:
             return records
-        client = self._sync_client()
-        prefix = KEY_PREFIX.encode()
+        client = self._clients.sync()
         try:
-            cursor: int = 0
-            while True:
-                cursor, keys = client.scan(cursor, match=KEY_PREFIX + "*", count=500)
-                ids: list[str] = []
-                for key in keys:
-                    raw_key = key if isinstance(key, bytes) else str(key).encode()
-                    try:
-                        ids.append(raw_key[len(prefix) :].decode())
-                    except UnicodeDecodeError:
+            for ids in self._scan_sessions(client, 500):
+                pipe = client.pipeline(transaction=False)
+                for session_id in ids:
+                    pipe.hgetall(session_key(session_id))
+                results = pipe.execute(raise_on_error=False)
+                for session_id, raw in zip(ids, results, strict=True):
+                    if isinstance(raw, ResponseError):
+                        self._wrong_type(session_id)
                         continue
-                if ids:
-                    pipe = client.pipeline(transaction=False)
-                    for session_id in ids:
-                        pipe.hgetall(session_key(session_id))
-                    results = pipe.execute(raise_on_error=False)
-                    for session_id, raw in zip(ids, results, strict=True):
-                        if isinstance(raw, ResponseError):
-                            self._wrong_type(session_id)
-                            continue
-                        record = lookup_answer(self._parse(session_id, raw))
-                        if record is None or (user_id is not None and record.user_id != user_id):
-                            continue
-                        records.append(record)
-                        if len(records) >= limit:
-                            break
-                if cursor == 0 or len(records) >= limit:
+                    record = lookup_answer(self._parse(session_id, raw))
+                    if record is None or (user_id is not None and record.user_id != user_id):
+                        continue
+                    records.append(record)
+                    if len(records) >= limit:
+                        break
+                if len(records) >= limit:
                     break
         except RedisError as exc:
             raise self._unavailable(exc, "") from None

@@ -71,6 +71,8 @@ _INDEXED = ("user_id", "idp_sid")
 _TOUCH_CHUNK = 1000
 
 _T = TypeVar("_T")
+#: Work a caller adds to a revoking transaction: ``(connection, revoked IDs)``.
+InTransaction = Callable[[sa.Connection, list[str]], None]
 
 
 def _index_name(table: str, column: str) -> str:
@@ -392,9 +394,12 @@ class SQLBackend:
     async def alist_user(self, user_id: str) -> list[StoredSession]:
         return await self._off_loop(self.list_user, user_id)
 
-    def revoke(self, session_id: str) -> bool:
+    def revoke(self, session_id: str, *, also: InTransaction | None = None) -> bool:
         """Mark the session revoked; ``True`` only if it was active (one
-        ``UPDATE … WHERE status = 'active'``)."""
+        ``UPDATE … WHERE status = 'active'``).
+
+        ``also(conn, revoked_ids)`` runs inside the same transaction before it commits
+        (a bus writing the event there); whatever it raises rolls the update back."""
         table = self._table
         stmt = (
             table.update()
@@ -404,6 +409,8 @@ class SQLBackend:
         try:
             with self._get_engine().begin() as conn:
                 result = conn.execute(stmt)
+                if also is not None:
+                    also(conn, [session_id] if result.rowcount == 1 else [])
         except SQLAlchemyError as exc:
             raise self._unavailable(exc, session_id) from None
         return result.rowcount == 1
@@ -411,9 +418,11 @@ class SQLBackend:
     async def arevoke(self, session_id: str) -> bool:
         return await self._off_loop(self.revoke, session_id)
 
-    def revoke_user(self, user_id: str, keep: str | None = None) -> list[str]:
+    def revoke_user(
+        self, user_id: str, keep: str | None = None, *, also: InTransaction | None = None
+    ) -> list[str]:
         """Revoke the user's active, unexpired sessions except ``keep``, in one
-        statement; the IDs it revoked, sorted."""
+        statement; the IDs it revoked, sorted. ``also``: as for :meth:`revoke`."""
         table = self._table
         conditions = [
             table.c.user_id == user_id,
@@ -436,9 +445,37 @@ class SQLBackend:
                         one = table.update().where(table.c.session_id == sid, *conditions[1:])
                         if conn.execute(one.values(status=revoked)).rowcount == 1:
                             ids.append(sid)
+                ids = sorted(str(sid) for sid in ids)
+                if also is not None:
+                    also(conn, ids)
         except SQLAlchemyError as exc:
             raise self._unavailable(exc, *secrets) from None
-        return sorted(str(sid) for sid in ids)
+        return ids
+
+    def revoke_idp_sid(self, idp_sid: str, *, also: InTransaction | None = None) -> list[str]:
+        """Revoke the active sessions created with this identity-provider session, in
+        one statement; the IDs it revoked, sorted (none on a table of the older
+        layout). ``also``: as for :meth:`revoke`."""
+        table = self._table
+        try:
+            with self._get_engine().begin() as conn:
+                ids: list[str] = []
+                if "idp_sid" in self._columns(conn):
+                    stmt = (
+                        table.update()
+                        .where(
+                            table.c.idp_sid == idp_sid,
+                            table.c.status == SessionStatus.ACTIVE.value,
+                        )
+                        .values(status=SessionStatus.REVOKED.value)
+                        .returning(table.c.session_id)
+                    )
+                    ids = sorted(str(sid) for sid in conn.execute(stmt).scalars())
+                if also is not None:
+                    also(conn, ids)
+        except SQLAlchemyError as exc:
+            raise self._unavailable(exc) from None
+        return ids
 
     async def arevoke_user(self, user_id: str, keep: str | None = None) -> list[str]:
         return await self._off_loop(self.revoke_user, user_id, keep)

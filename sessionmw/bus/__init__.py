@@ -8,7 +8,7 @@ a cache itself.
 
 ``local://`` is the single-process bus: publishing is a no-op because the events
 were already applied where they were received. ``redis://`` (and ``rediss://``,
-``unix://``) uses a Redis Stream.
+``unix://``) uses a Redis Stream; ``postgresql://`` a table plus LISTEN/NOTIFY.
 """
 
 from __future__ import annotations
@@ -107,8 +107,10 @@ class LocalBus:
         self._guard.reset()
 
 
-def bus_from_url(url: str, *, stream: str, timeout: float = 2.0) -> Bus:
-    """Build the bus a ``bus`` setting names (the driver is imported here, at start-up)."""
+def bus_from_url(url: str, *, stream: str, timeout: float = 2.0, retention: float = 86400.0) -> Bus:
+    """Build the bus a ``bus`` setting names (the driver is imported here, at start-up).
+
+    ``retention``: seconds a ``postgresql://`` bus keeps events (``bus_retention``)."""
     kind = scheme_kind("bus", url)
     if kind == "local":
         return LocalBus()
@@ -117,18 +119,32 @@ def bus_from_url(url: str, *, stream: str, timeout: float = 2.0) -> Bus:
             from sessionmw.bus.redis import RedisBus
 
         return RedisBus(url, stream=stream, timeout=timeout)
+    if kind == "postgres":
+        with require_extra("psycopg", "postgres", feature="the postgresql:// bus"):
+            from sessionmw.bus.postgres import PostgresBus
+
+        return PostgresBus(url, retention=retention, timeout=timeout)
     raise ConfigError("bus", f"unsupported URL {url.split(':', 1)[0]!r}")
 
 
-def publish(url: str, events: Sequence[Event], *, stream: str, timeout: float = 2.0) -> list[str]:
+def publish(
+    url: str,
+    events: Sequence[Event],
+    *,
+    stream: str,
+    timeout: float = 2.0,
+    retention: float = 86400.0,
+) -> list[str]:
     """Publish events once, without a subscriber (``sessionmw revoke --bus``, scripts).
 
-    Returns the IDs the bus gave the events, where it has such IDs (stream entries).
-    Raises :class:`~sessionmw.BusUnavailable` when the bus cannot take them.
+    Returns the IDs the bus gave the events, where it has such IDs (stream entries,
+    row ids). Raises :class:`~sessionmw.BusUnavailable` when the bus cannot take them.
     """
-    bus = bus_from_url(url, stream=stream, timeout=timeout)
+    bus = bus_from_url(url, stream=stream, timeout=timeout, retention=retention)
     if isinstance(bus, LocalBus):
-        raise ConfigError("bus", "local:// reaches no other process; give a redis:// URL")
+        raise ConfigError(
+            "bus", "local:// reaches no other process; give a redis:// or postgresql:// URL"
+        )
     try:
         publish_ids = getattr(bus, "publish_ids", None)
         if callable(publish_ids):

@@ -1,4 +1,9 @@
-"""The Redis Streams bus (``bus = "redis://host:port/db"``, SPEC section 8).
+"""The Redis Streams bus (``bus = "redis://host:port/db"``, SPEC sections 8 and 12).
+
+Every Redis URL form works: one server (``redis://``, ``rediss://``, ``unix://``),
+Sentinel (``redis+sentinel://``: the producers and the subscriber follow the current
+master) and Cluster (``redis+cluster://``: the stream is one key, so it lives on one
+master; the subscriber connects to whichever node serves its slot).
 
 Producers (the hook in any worker, ``sessionmw revoke --bus``, ``redis-cli``) append
 one stream entry per event::
@@ -23,8 +28,20 @@ it), or a restarted Redis without the stream all flush the cache and log
 disconnects and gaps; the gate decides what they mean for its cache (a flush on a
 gap, ``bus_outage_ttl`` while disconnected).
 
+A failover (Sentinel promotion, a cluster replica taking over) looks like a
+restart: the subscriber's connection drops, it reconnects to the new master (asking
+the sentinels or the cluster again), and sees another ``run_id``. It resumes from its
+cursor when its own last entry is still there; when that entry is gone (it had not
+reached the replica before the old master died) or the stream's last ID is behind the
+cursor, entries it saw may be gone with entries it did not, so it flushes and logs
+``bus.gap_detected``. An entry that was added and lost in the failover without this
+subscriber ever reading it leaves no trace to detect; the TTL and ``bus_outage_ttl``
+are the net for it (see docs/deployment.md).
+
 Replay dedupe of ``webhook-id`` values lives in Redis too (:class:`RedisReplayGuard`,
-``SET NX EX``) so a retry that lands on another worker is recognised.
+``SET NX EX``) so a retry that lands on another worker is recognised. On a cluster the
+keys carry the stream key as a hash tag (``{stream}:webhook:…``), so they live in the
+stream's slot, on the same master.
 """
 
 from __future__ import annotations
@@ -45,9 +62,11 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
+from sessionmw import _redis_url
 from sessionmw._log import (
     BUS_BAD_ENTRY,
     BUS_CONNECTED,
@@ -105,16 +124,19 @@ def _stream_fields(event: Event) -> dict[str, str]:
     return fields
 
 
-def _sync_client(url: str, timeout: float, **extra: Any) -> redis.Redis:
+def _sync_client(
+    target: _redis_url.RedisTarget, timeout: float, **extra: Any
+) -> _redis_url.SyncClient:
     options: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
         # One immediate retry: a pooled connection that died with a restarted Redis
-        # is replaced once; anything longer is the caller's (or our own) backoff.
+        # (or was closed by a Sentinel failover) is replaced once; anything longer is
+        # the caller's (or our own) backoff.
         "retry": Retry(NoBackoff(), 1),
     }
     options.update(extra)
-    return redis.Redis.from_url(url, **options)
+    return _redis_url.sync_client(target, **options)
 
 
 class RedisReplayGuard:
@@ -126,7 +148,10 @@ class RedisReplayGuard:
     """
 
     def __init__(
-        self, clients: Clients[redis.Redis, Any], prefix: str, window: int = REPLAY_WINDOW
+        self,
+        clients: Clients[_redis_url.SyncClient, Any],
+        prefix: str,
+        window: int = REPLAY_WINDOW,
     ) -> None:
         self._clients = clients
         self.prefix = prefix
@@ -231,10 +256,7 @@ class RedisBus:
         wait: Callable[[threading.Event, float], bool] = _default_wait,
         rng: Callable[[], float] = random.random,
     ) -> None:
-        try:
-            redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
-        except ValueError as exc:
-            raise ConfigError("bus", f"not a valid Redis URL: {exc}") from None
+        self._target = _redis_url.parse(url, "bus")
         if not isinstance(stream, str) or not stream:
             raise ConfigError("stream", "must be a non-empty string")
         self.url = url
@@ -251,8 +273,17 @@ class RedisBus:
         # (``asyncio.to_thread``): publishing happens once per hook call, not per
         # request, and a thread hop costs far less than a ``redis.asyncio`` client per
         # event loop that nobody closes.
-        self._clients: Clients[redis.Redis, Any] = Clients(lambda: _sync_client(url, timeout))
-        self._guard = RedisReplayGuard(self._clients, f"{stream}:webhook:")
+        target = self._target
+        self._clients: Clients[_redis_url.SyncClient, Any] = Clients(
+            lambda: _sync_client(target, timeout)
+        )
+        # On a cluster the replay keys share the stream's slot (SPEC section 12).
+        prefix = (
+            _redis_url.same_slot_prefix(stream, ":webhook:")
+            if target.is_cluster
+            else f"{stream}:webhook:"
+        )
+        self._guard = RedisReplayGuard(self._clients, prefix)
         # Subscriber state: the thread and what only it writes.
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -402,11 +433,13 @@ class RedisBus:
         while not stop.is_set():
             client: redis.Redis | None = None
             try:
-                client = _sync_client(
-                    self.url,
-                    self.timeout,
+                # One connection to the master holding the stream (on Sentinel and
+                # Cluster, wherever that is now).
+                client = _redis_url.subscriber_client(
+                    self._target,
+                    self.stream,
                     socket_timeout=self.block_ms / 1000 + self.timeout,
-                    single_connection_client=True,
+                    socket_connect_timeout=self.timeout,
                     # Visible in CLIENT LIST: which processes have a live subscriber.
                     client_name=f"sessionmw-bus-{os.getpid()}",
                     retry=Retry(NoBackoff(), 0),
@@ -450,6 +483,12 @@ class RedisBus:
 
     def _connect(self, client: redis.Redis) -> None:
         """Check for a gap, read up to the stream's end, then count as connected."""
+        if self._target.kind != "server":
+            # A demoted master (Sentinel) or a replica (Cluster) would still serve
+            # reads, but from a copy that may fall behind: only the master will do.
+            role = client.execute_command("ROLE")  # type: ignore[no-untyped-call]
+            if not role or _redis_url.text(role[0]) != "master":
+                raise RedisConnectionError("connected to a replica, not the master")
         try:
             run_id = str(client.info("server").get("run_id", ""))
         except ResponseError:  # INFO disabled (some managed services): no restart check

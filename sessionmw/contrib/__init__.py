@@ -1,4 +1,6 @@
-"""Framework integrations: :mod:`sessionmw.contrib.flask` and :mod:`sessionmw.contrib.django`.
+"""Framework integrations: :mod:`sessionmw.contrib.flask`, :mod:`sessionmw.contrib.django`
+(an installed app: model, migrations, admin, commands), :mod:`sessionmw.contrib.drf` and
+:mod:`sessionmw.contrib.fastapi`.
 
 Each is imported on its own, so installing one framework never requires the other.
 """

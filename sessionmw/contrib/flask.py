@@ -16,7 +16,9 @@
 Settings come from flat config keys ``SESSIONMW_<KEY>`` (``SESSIONMW_TTL``,
 ``SESSIONMW_EXEMPT_PATHS``, ...); an unknown ``SESSIONMW_`` key is a
 :class:`~sessionmw.ConfigError` naming it. With ``SESSIONMW_INVALIDATION_SECRET``
-set, a blueprint named ``sessionmw`` serves the invalidation hook.
+set, a blueprint named ``sessionmw`` serves the invalidation hook; with
+``SESSIONMW_OIDC_ISSUER`` or ``SESSIONMW_SSF_ISSUER``, the same blueprint serves the
+identity-provider routes (``oidc_backchannel_logout``, ``ssf``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Mapping
 from io import BytesIO
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sessionmw._compat import require_extra
 
@@ -37,6 +39,9 @@ from sessionmw.errors import ConfigError
 from sessionmw.gate import Gate, gate_for
 from sessionmw.hook import InvalidationHook
 from sessionmw.settings import Settings, unknown_key
+
+if TYPE_CHECKING:
+    from sessionmw.idp import Receiver
 
 __all__ = ["CONFIG_PREFIX", "SessionMW", "SessionMWState", "exempt"]
 
@@ -98,7 +103,7 @@ def _response(answer: Answer) -> Response:
     )
 
 
-def _serve_hook(hook: InvalidationHook, environ: Mapping[str, Any]) -> Response:
+def _serve_hook(hook: InvalidationHook | Receiver, environ: Mapping[str, Any]) -> Response:
     # The server's raw stream, not request.stream: the body limit and the
     # Content-Length check are ours, before Flask or werkzeug parse anything.
     answer = serve_hook(
@@ -155,22 +160,33 @@ class SessionMW:
         app.extensions[EXTENSION_KEY] = SessionMWState(self, settings, gate)
 
         hook_endpoint = None
-        if gate.hook is not None and gate.hook_path is not None:
-            blueprint = Blueprint(EXTENSION_KEY, __name__)
-            hook = gate.hook
-
-            def invalidation_hook() -> Response:
-                return _serve_hook(hook, request.environ)
-
-            blueprint.add_url_rule(
-                gate.hook_path,
-                "invalidation_hook",
-                exempt(invalidation_hook),
-                methods=_HOOK_METHODS,
-                provide_automatic_options=False,
+        # The hook and the identity-provider routes (SPEC section 14), one blueprint.
+        internal = [
+            (path, name, receiver)
+            for path, name, receiver in (
+                (gate.hook_path, "invalidation_hook", gate.hook),
+                (gate.settings.oidc_logout_path, "oidc_backchannel_logout", gate.oidc),
+                (gate.settings.ssf_path, "ssf", gate.ssf),
             )
+            if receiver is not None and path is not None
+        ]
+        if internal:
+            blueprint = Blueprint(EXTENSION_KEY, __name__)
+            for path, name, receiver in internal:
+
+                def view(receiver: Any = receiver) -> Response:
+                    return _serve_hook(receiver, request.environ)
+
+                blueprint.add_url_rule(
+                    path,
+                    name,
+                    exempt(view),
+                    methods=_HOOK_METHODS,
+                    provide_automatic_options=False,
+                )
             app.register_blueprint(blueprint)
-            hook_endpoint = f"{EXTENSION_KEY}.invalidation_hook"
+            if gate.hook is not None:
+                hook_endpoint = f"{EXTENSION_KEY}.invalidation_hook"
 
         key = environ_key(gate.header)
         view_functions = app.view_functions
@@ -185,10 +201,11 @@ class SessionMW:
             app_globals = g._get_current_object()
             app_globals.device_session = None
             environ = req.environ
-            served = gate.hook
-            if served is not None and environ.get("PATH_INFO") == gate.hook_path:
-                # Every method, routed or not (TRACE, PROPFIND...): the hook answers
-                # for itself (405 with Allow: POST), never the session check.
+            routes = gate.routes
+            if routes is not None and (served := routes.get(environ.get("PATH_INFO"))) is not None:
+                # Every method, routed or not (TRACE, PROPFIND...): the hook (or an
+                # identity-provider route) answers for itself (405 with Allow: POST),
+                # never the session check.
                 return _serve_hook(served, environ)
             rule = req.url_rule
             if rule is not None and (

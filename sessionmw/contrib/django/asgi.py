@@ -1,4 +1,5 @@
-"""An ASGI front for Django that enforces the hook's body limit before Django reads.
+"""An ASGI front for Django that enforces the hook's body limit before Django reads
+(and the identity-provider routes' too).
 
 Django's ASGI handler reads the whole request body (into a spooled temporary file)
 before it builds the request and runs any middleware or view, so the hook view alone
@@ -43,13 +44,24 @@ from django.urls import NoReverseMatch, get_script_prefix, reverse
 from sessionmw.answers import METHOD_NOT_ALLOWED
 from sessionmw.asgi import Message, Receive, Scope, Send, read_body, send_answer
 from sessionmw.contrib.django.conf import SETTING_NAME, load_settings
+from sessionmw.gate import gate_for
 
 __all__ = ["HookBodyGuard", "guard"]
 
 _HOOK_ROUTE = "sessionmw:invalidation"
+_IDP_ROUTES = (("sessionmw:oidc-logout", "oidc_issuer"), ("sessionmw:ssf", "ssf_issuer"))
 
 #: Any ASGI application (Django's ``ASGIHandler`` types its messages more narrowly).
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+
+
+def _path_of(route: str) -> str | None:
+    try:
+        url = reverse(route)
+    except NoReverseMatch:
+        return None
+    prefix = get_script_prefix()
+    return "/" + url[len(prefix) :] if url.startswith(prefix) else url
 
 
 @functools.lru_cache(maxsize=1)
@@ -57,18 +69,26 @@ def hook_path_info() -> str | None:
     """The path (without script prefix) Django serves the hook at; ``None``: not served."""
     if not load_settings().hook_enabled:
         return None
-    try:
-        url = reverse(_HOOK_ROUTE)
-    except NoReverseMatch:
-        return None
-    prefix = get_script_prefix()
-    return "/" + url[len(prefix) :] if url.startswith(prefix) else url
+    return _path_of(_HOOK_ROUTE)
+
+
+@functools.lru_cache(maxsize=1)
+def guarded_paths() -> frozenset[str]:
+    """Every path the guard answers for: the hook's and, when configured, the
+    identity-provider routes' (``sessionmw:oidc-logout``, ``sessionmw:ssf``)."""
+    settings = load_settings()
+    paths = {hook_path_info()}
+    for route, key in _IDP_ROUTES:
+        if getattr(settings, key):
+            paths.add(_path_of(route))
+    return frozenset(path for path in paths if path is not None)
 
 
 @receiver(setting_changed)
 def _forget_hook_path(*, setting: str, **kwargs: Any) -> None:
     if setting in (SETTING_NAME, "ROOT_URLCONF", "FORCE_SCRIPT_NAME"):
         hook_path_info.cache_clear()
+        guarded_paths.cache_clear()
 
 
 def _path_info(scope: Scope) -> str:
@@ -88,8 +108,8 @@ class HookBodyGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        hook_path = hook_path_info()
-        if hook_path is None or _path_info(scope) != hook_path:
+        guarded = guarded_paths()
+        if not guarded or _path_info(scope) not in guarded:
             await self.app(scope, receive, send)
             return
         if scope["method"] != "POST":
@@ -99,7 +119,12 @@ class HookBodyGuard:
         if body is None:
             return  # the client went away mid-body: nobody to answer
         if body.refusal is not None:
-            await send_answer(body.refusal, send)
+            refusal = body.refusal
+            if refusal.status == 400:  # malformed, in the route's own words
+                routes = gate_for(load_settings()).routes or {}
+                served = routes.get(_path_info(scope))
+                refusal = getattr(served, "malformed", refusal)
+            await send_answer(refusal, send)
             return
         await self.app(scope, _replay(body.body, receive), send)
 
