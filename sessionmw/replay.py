@@ -10,6 +10,7 @@ flushing twice, ends in the same state).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
 import time
@@ -17,7 +18,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["LocalReplayGuard", "ReplayGuard", "digest"]
+from sessionmw._log import BUS_DISCONNECTED, get_logger
+
+__all__ = ["LocalReplayGuard", "ReplayGuard", "SharedReplayGuard", "digest"]
 
 
 def digest(webhook_id: str) -> bytes:
@@ -89,3 +92,31 @@ class LocalReplayGuard:
     def reset(self) -> None:
         """Recreate the lock (after a fork)."""
         self._lock = threading.Lock()
+
+
+class SharedReplayGuard:
+    """Base of the guards kept where the bus lives (Redis, PostgreSQL), shared by
+    every process: a subclass gives the blocking :meth:`claim` (raising
+    :class:`~sessionmw.BusUnavailable` when the server does not answer) and
+    :meth:`_forget`. :meth:`release` never raises, and the async forms run the
+    blocking ones in a worker thread."""
+
+    def claim(self, webhook_id: str) -> bool:
+        raise NotImplementedError
+
+    def _forget(self, webhook_id: str) -> None:
+        raise NotImplementedError
+
+    def release(self, webhook_id: str) -> None:
+        try:
+            self._forget(webhook_id)
+        except Exception as exc:  # must never raise
+            get_logger().warning(
+                BUS_DISCONNECTED, problem="replay guard release failed", error=type(exc).__name__
+            )
+
+    async def aclaim(self, webhook_id: str) -> bool:
+        return await asyncio.to_thread(self.claim, webhook_id)
+
+    async def arelease(self, webhook_id: str) -> None:
+        await asyncio.to_thread(self.release, webhook_id)

@@ -10,6 +10,7 @@ polls with deadlines.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import shutil
@@ -19,7 +20,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ __all__ = [
     "TLSEngine",
     "available",
     "cluster",
+    "require",
     "sentinel",
     "tls",
     "wait_until",
@@ -164,6 +166,17 @@ def _node_args(port: int, folder: Path, *extra: str) -> list[str]:
         "--repl-diskless-sync-delay", "0",
         *extra,
     ]  # fmt: skip
+
+
+def _replica_synced(master: RedisProcess) -> bool:
+    """True once ``master``'s writes so far reached a replica (``WAIT 1``, 500 ms)."""
+    client = master.client()
+    try:
+        return int(_command(client, "WAIT", 1, 500)) >= 1
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
 
 
 class _Engine:
@@ -347,17 +360,7 @@ class SentinelEngine(_Engine):
     def wait_replicated(self, deadline: float = 20) -> None:
         """Until the replica is in sync with the master (``WAIT 1`` succeeds)."""
         master = self.master()
-
-        def synced() -> bool:
-            client = master.client()
-            try:
-                return int(_command(client, "WAIT", 1, 500)) >= 1
-            except redis.RedisError:
-                return False
-            finally:
-                client.close()
-
-        wait_until(synced, deadline, "the replica to be in sync")
+        wait_until(lambda: _replica_synced(master), deadline, "the replica to be in sync")
 
     def wait_master(self, not_port: int, deadline: float = 30) -> int:
         """Until the sentinels name a master other than ``not_port`` and it says it is
@@ -483,17 +486,7 @@ class ClusterEngine(_Engine):
     def wait_replicated(self, deadline: float = 30) -> None:
         """Until every master's writes so far reached its replica (``WAIT 1``)."""
         for port in sorted(self.masters()):
-            master = self.node(port)
-
-            def synced(master: RedisProcess = master) -> bool:
-                client = master.client()
-                try:
-                    return int(_command(client, "WAIT", 1, 500)) >= 1
-                except redis.RedisError:
-                    return False
-                finally:
-                    client.close()
-
+            synced = functools.partial(_replica_synced, self.node(port))
             wait_until(synced, deadline, f"the replica of {port} to be in sync")
 
     def masters(self) -> set[int]:
@@ -533,28 +526,31 @@ class ClusterEngine(_Engine):
 # -- fixtures' context managers ------------------------------------------------------
 
 
-@contextlib.contextmanager
-def tls() -> Iterator[TLSEngine]:
-    engine = TLSEngine()
-    try:
-        yield engine
-    finally:
-        engine.close()
+def require(what: str) -> None:
+    """Skip the calling test (fail it when CI=true) unless :func:`available`; ``what``
+    names the setup it needs."""
+    if available():
+        return
+    import pytest
+
+    from tests.conftest import IN_CI
+
+    message = f"redis-server, redis-cli and openssl are needed for {what}"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
 
 
-@contextlib.contextmanager
-def sentinel() -> Iterator[SentinelEngine]:
-    engine = SentinelEngine()
-    try:
-        yield engine
-    finally:
-        engine.close()
+def tls() -> contextlib.closing[TLSEngine]:
+    """A TLS server, closed after the ``with`` block."""
+    return contextlib.closing(TLSEngine())
 
 
-@contextlib.contextmanager
-def cluster() -> Iterator[ClusterEngine]:
-    engine = ClusterEngine()
-    try:
-        yield engine
-    finally:
-        engine.close()
+def sentinel() -> contextlib.closing[SentinelEngine]:
+    """A Sentinel setup, closed after the ``with`` block."""
+    return contextlib.closing(SentinelEngine())
+
+
+def cluster() -> contextlib.closing[ClusterEngine]:
+    """A Cluster, closed after the ``with`` block."""
+    return contextlib.closing(ClusterEngine())

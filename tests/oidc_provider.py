@@ -26,7 +26,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -34,6 +33,12 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from sessionmw import SessionRecord, Sessions, SessionStatus, Settings
+from sessionmw.answers import Answer
+from sessionmw.gate import Gate
+from sessionmw.idp import Receiver
+from tests.servers import LocalServer, QuietHandler
 
 BACKCHANNEL_LOGOUT = "http://schemas.openid.net/event/backchannel-logout"
 SESSION_REVOKED = "https://schemas.openid.net/secevent/caep/event-type/session-revoked"
@@ -73,7 +78,7 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-class Provider:
+class Provider(LocalServer):
     """The stand-in: start it with ``with Provider() as op:``; ``op.issuer`` is its URL."""
 
     def __init__(self, keys: list[SigningKey] | None = None) -> None:
@@ -86,7 +91,7 @@ class Provider:
         self._rotations = 0
         provider = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path in ("/.well-known/openid-configuration", "/.well-known/ssf-configuration"):
@@ -101,44 +106,23 @@ class Provider:
                     else:
                         document["backchannel_logout_supported"] = True
                         document["backchannel_logout_session_supported"] = True
-                    self._json(200, document)
+                    self.send_json(200, json.dumps(document).encode())
                 elif path == "/jwks":
                     with provider._lock:
                         provider.jwks_fetches += 1
                         keys = [key.public_jwk for key in provider.keys]
                     if provider.down:
-                        self._json(503, {"error": "down"})
+                        self.send_json(503, b'{"error": "down"}')
                     else:
-                        self._json(200, {"keys": keys})
+                        self.send_json(200, json.dumps({"keys": keys}).encode())
                 else:
-                    self._json(404, {"error": "not_found"})
+                    self.send_json(404, b'{"error": "not_found"}')
 
-            def _json(self, status: int, document: Any) -> None:
-                body = json.dumps(document).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     @property
     def issuer(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self) -> Provider:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        return self.base_url
 
     # -- keys ----------------------------------------------------------------------
 
@@ -169,22 +153,28 @@ class Provider:
         header: dict[str, Any] = {"kid": signer.kid, "typ": typ, **(headers or {})}
         return jwt.encode(claims, signer.private, algorithm=signer.alg, headers=header)
 
-    def logout_claims(
-        self, *, sid: Any = None, sub: Any = None, **overrides: Any
-    ) -> dict[str, Any]:
-        claims: dict[str, Any] = {
+    def _claims(self, claims: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+        """A token's registered claims (``iss``, ``aud``, ``iat``, a fresh ``jti``), then
+        ``claims``, then ``overrides``; a claim set to :data:`DROP` is left out."""
+        every = {
             "iss": self.issuer,
             "aud": AUDIENCE,
             "iat": int(time.time()),
             "jti": uuid.uuid4().hex,
-            "events": {BACKCHANNEL_LOGOUT: {}},
+            **claims,
+            **overrides,
         }
+        return {name: value for name, value in every.items() if value is not DROP}
+
+    def logout_claims(
+        self, *, sid: Any = None, sub: Any = None, **overrides: Any
+    ) -> dict[str, Any]:
+        claims: dict[str, Any] = {"events": {BACKCHANNEL_LOGOUT: {}}}
         if sid is not None:
             claims["sid"] = sid
         if sub is not None:
             claims["sub"] = sub
-        claims.update(overrides)
-        return {name: value for name, value in claims.items() if value is not DROP}
+        return self._claims(claims, overrides)
 
     def logout_token(
         self,
@@ -205,16 +195,8 @@ class Provider:
         sub_id: dict[str, Any] | None = None,
         **overrides: Any,
     ) -> dict[str, Any]:
-        claims: dict[str, Any] = {
-            "iss": self.issuer,
-            "aud": AUDIENCE,
-            "iat": int(time.time()),
-            "jti": uuid.uuid4().hex,
-            "sub_id": sub_id,
-            "events": {event: {"event_timestamp": int(time.time())}},
-        }
-        claims.update(overrides)
-        return {name: value for name, value in claims.items() if value is not DROP}
+        events = {event: {"event_timestamp": int(time.time())}}
+        return self._claims({"sub_id": sub_id, "events": events}, overrides)
 
     def set_token(
         self,
@@ -261,6 +243,44 @@ class _Drop:
 
 #: Pass as a claim override to remove that claim.
 DROP: Any = _Drop()
+
+
+# -- one route in-process --------------------------------------------------------------
+
+
+class ReceiverWorld:
+    """A gate with one identity-provider route on (``route``: the gate's attribute,
+    ``oidc`` or ``ssf``), its sessions, and its receiver's answers to posted bodies."""
+
+    def __init__(self, settings: Settings, route: str, content_type: str) -> None:
+        self.gate = Gate(settings)
+        self.sessions = Sessions(self.gate)
+        receiver = getattr(self.gate, route)
+        assert receiver is not None
+        self.receiver: Receiver = receiver
+        self.content_type = content_type
+
+    def answer(
+        self, body: bytes, content_type: str | None = None, *, through_async: bool = False
+    ) -> Answer:
+        """The answer to ``body`` posted as ``content_type`` (by default the route's
+        own), through ``handle`` or, with ``through_async``, ``ahandle``."""
+        headers = {"content-type": self.content_type if content_type is None else content_type}
+        if through_async:
+            return asyncio.run(self.receiver.ahandle(headers, body))
+        return self.receiver.handle(headers, body)
+
+    def active(self, session_id: str) -> bool:
+        """Both the store and the gate (its cache) let the session through."""
+        stored = self.sessions.get(session_id)
+        assert stored is not None
+        outcome = self.gate.check(session_id)
+        return stored.status is SessionStatus.ACTIVE and isinstance(outcome, SessionRecord)
+
+    @property
+    def applied(self) -> int:
+        """Events applied to this process's cache so far."""
+        return sum(self.gate.events_applied.values())
 
 
 # -- the routes through each adapter ------------------------------------------------

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -24,6 +24,9 @@ from sessionmw import SessionRecord
 from sessionmw.backends.sql import SQLBackend
 from tests.conftest import free_port
 from tests.spec_cases import EXPIRED, REVOKED, VALID, VALID_NO_EXPIRY, Case, Result, seeded_backend
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -153,10 +156,11 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{free_port()}/sessions/{{session_id}}"
 
 
-def send_case(base: str, case: Case) -> Result:
-    """Send a table case to a running server, header bytes as they are."""
-    headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in case.headers]
-    response = httpx.request(case.method, base + case.path, headers=headers, timeout=10)
+def _raw_headers(case: Case) -> list[tuple[bytes, bytes]]:
+    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in case.headers]
+
+
+def _result(response: httpx.Response) -> Result:
     return Result(
         response.status_code,
         response.content,
@@ -164,7 +168,58 @@ def send_case(base: str, case: Case) -> Result:
     )
 
 
-class SlowAuthService:
+def send_case(base: str, case: Case) -> Result:
+    """Send a table case to a running server, header bytes as they are."""
+    response = httpx.request(case.method, base + case.path, headers=_raw_headers(case), timeout=10)
+    return _result(response)
+
+
+async def send_case_asgi(app: Any, case: Case) -> Result:
+    """Send a table case to an ASGI app in-process (``httpx.ASGITransport``), header
+    bytes as they are."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        response = await client.request(case.method, case.path, headers=_raw_headers(case))
+    return _result(response)
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler for a stand-in service: JSON answers, no request log."""
+
+    def send_json(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class LocalServer:
+    """``handler`` served on a free loopback port by a thread of this process, from
+    ``with`` to its end (a thread per request)."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+class SlowAuthService(LocalServer):
     """An auth service that holds every lookup until released (or a deadline)."""
 
     def __init__(self, deadline: float = 10.0) -> None:
@@ -173,35 +228,21 @@ class SlowAuthService:
         self.deadline = deadline
         service = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 service.calls += 1
                 service.release.wait(service.deadline)
-                body = b'{"user_id": "u-slow", "status": "active"}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.send_json(200, b'{"user_id": "u-slow", "status": "active"}')
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/sessions/{{session_id}}"
-
-    def __enter__(self) -> SlowAuthService:
-        self.thread.start()
-        return self
+        return self.base_url + "/sessions/{session_id}"
 
     def __exit__(self, *exc: object) -> None:
         self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().__exit__(*exc)
 
 
 def raw_get(port: int, path: str, session_id: str, sent: threading.Semaphore) -> bytes:

@@ -35,6 +35,7 @@ from sessionmw.asgi import DeviceSessionMiddleware
 from sessionmw.backends.redis import RedisBackend, session_key
 from sessionmw.gate import forget_gates
 from tests import hook_cases
+from tests.servers import send_case_asgi
 from tests.spec_cases import (
     CASES,
     EXPIRED,
@@ -45,7 +46,6 @@ from tests.spec_cases import (
     VALID,
     Case,
     DownBackend,
-    Result,
     seeded_backend,
     settings_for,
 )
@@ -74,24 +74,12 @@ def example(request: pytest.FixtureRequest) -> Callable[[Settings], Any]:
     return EXAMPLES[request.param]
 
 
-async def _send_case(app: Any, case: Case) -> Result:
-    headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in case.headers]
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-        response = await client.request(case.method, case.path, headers=headers)
-    return Result(
-        response.status_code,
-        response.content,
-        {name.lower(): value for name, value in response.headers.items()},
-    )
-
-
 @pytest.mark.parametrize("case", CASES + RAW_CASES, ids=lambda c: c.name)
 async def test_spec_table(example: Callable[[Settings], Any], case: Case) -> None:
     """Each request gets the table's status, byte-identical body and headers."""
     backend = DownBackend() if case.down else seeded_backend()
     app = example(Settings(**settings_for(backend)))
-    assert_matches(case, await _send_case(app, case))
+    assert_matches(case, await send_case_asgi(app, case))
 
 
 async def test_invalid_bodies_are_byte_identical(example: Callable[[Settings], Any]) -> None:
@@ -99,7 +87,7 @@ async def test_invalid_bodies_are_byte_identical(example: Callable[[Settings], A
     app = example(Settings(**settings_for(seeded_backend())))
     answers = set()
     for value in (UNKNOWN, REVOKED, EXPIRED, "a b", "x" * 300):
-        result = await _send_case(app, Case("x", [(HEADER, value)]))
+        result = await send_case_asgi(app, Case("x", [(HEADER, value)]))
         answers.add((result.status, result.body, tuple(sorted(result.headers.items()))))
     assert len(answers) == 1
 
@@ -571,8 +559,8 @@ async def test_no_raw_session_id_in_logs() -> None:
     down = starlette_app.create_app(Settings(**settings_for(DownBackend())))
     with structlog.testing.capture_logs() as logs:
         for value in secret_ids:
-            await _send_case(app, Case("x", [(HEADER, value)]))
-            await _send_case(down, Case("x", [(HEADER, value)]))
+            await send_case_asgi(app, Case("x", [(HEADER, value)]))
+            await send_case_asgi(down, Case("x", [(HEADER, value)]))
         headers, body = hook_cases.revoke(VALID)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:

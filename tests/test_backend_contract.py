@@ -13,13 +13,11 @@ from __future__ import annotations
 import json
 import socket
 import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -35,6 +33,7 @@ from sessionmw.backends.redis import session_key
 from sessionmw.backends.sql import SQLBackend
 from sessionmw.records import build_record
 from tests.conftest import free_port
+from tests.servers import LocalServer, QuietHandler
 
 #: Characters a store or a driver might quote, escape or echo back.
 SID = "sid+Raw/ID='x'=="
@@ -59,22 +58,14 @@ class AuthService:
     answers: dict[str, tuple[int, bytes]] = field(default_factory=dict)
     paths: list[str] = field(default_factory=list)
 
-    def handler(self) -> type[BaseHTTPRequestHandler]:
+    def handler(self) -> type[QuietHandler]:
         service = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 service.paths.append(self.path)
                 session_id = unquote(self.path[len(service.prefix) :])
-                status, body = service.answers.get(session_id, (404, b"{}"))
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
+                self.send_json(*service.answers.get(session_id, (404, b"{}")))
 
         return Handler
 
@@ -82,15 +73,8 @@ class AuthService:
 @contextmanager
 def auth_service() -> Iterator[tuple[AuthService, str]]:
     service = AuthService()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), service.handler())
-    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    try:
-        yield service, f"http://127.0.0.1:{server.server_address[1]}/sessions/{{session_id}}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with LocalServer(service.handler()) as server:
+        yield service, server.base_url + "/sessions/{session_id}"
 
 
 @contextmanager

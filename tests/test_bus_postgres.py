@@ -41,22 +41,13 @@ from sessionmw.gate import Gate
 from sessionmw.records import SessionRecord
 from sessionmw.replay import digest
 from sessionmw.signing import new_secret, signed_request
+from tests.polling import DEADLINE, wait_until
 from tests.servers import access_logged, clean_env, free_port, running, seed_store, served_by
 from tests.spec_cases import VALID
 
 pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("fresh_gates")]
 
-DEADLINE = 15.0
 HEADER = "X-Device-Session-ID"
-
-
-def _until(predicate: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"within {timeout}s: {what}")
-        pause.wait(0.01)  # polling interval, not a race wait
 
 
 class Sink:
@@ -134,7 +125,7 @@ def buses(bus_url: str) -> Iterator[Callable[..., PostgresBus]]:
 def _started(bus: PostgresBus, sink: Sink | None = None) -> Sink:
     sink = sink or Sink()
     bus.start(sink)
-    _until(lambda: bus.connected, "the subscriber connects")
+    wait_until(lambda: bus.connected, "the subscriber connects")
     return sink
 
 
@@ -228,12 +219,12 @@ def test_events_reach_a_subscriber_with_their_fields(
     before = time.time()
     ids = producer.publish_ids([SessionRevoked("s0"), UserSessionsRevoked("u", 12.5), Flush()])
     assert [int(i) for i in ids] == sorted(int(i) for i in ids)
-    _until(lambda: len(sink.events) == 3, "three events applied")
+    wait_until(lambda: len(sink.events) == 3, "three events applied")
     assert sink.events == [SessionRevoked("s0"), UserSessionsRevoked("u", 12.5), Flush()]
     assert all(s is not None and before - 1 <= s <= time.time() + 1 for s in sink.sent_at)
     # A user event without ``before`` is fixed at publication, the same for every reader.
     producer.publish([UserSessionsRevoked("u2")])
-    _until(lambda: len(sink.events) == 4, "the user event applied")
+    wait_until(lambda: len(sink.events) == 4, "the user event applied")
     last = sink.events[-1]
     assert isinstance(last, UserSessionsRevoked)
     assert last.before is not None
@@ -242,7 +233,7 @@ def test_events_reach_a_subscriber_with_their_fields(
     _insert(sql, table, type="user_sessions_revoked", user_id="u3", created_at=1000.0)
     _insert(sql, table, type="no_such_type", session_id="x")
     _insert(sql, table, session_id="s1")
-    _until(lambda: len(sink.events) == 6, "the hand-written events applied")
+    wait_until(lambda: len(sink.events) == 6, "the hand-written events applied")
     assert sink.events[4:] == [UserSessionsRevoked("u3", 1000.0), SessionRevoked("s1")]
     assert subscriber.stats()["bad_entries"] == 1
     assert sink.cache.lookup("s1").status is SessionStatus.REVOKED  # type: ignore[union-attr]
@@ -283,11 +274,11 @@ def test_a_row_inserted_while_disconnected_is_applied_after_reconnecting(
     ).fetchall()
     assert len(rows) == 1, rows
     sql.execute("SELECT pg_terminate_backend(%s)", (rows[0][0],))
-    _until(lambda: not bus.connected, "the subscriber notices the terminated connection")
+    wait_until(lambda: not bus.connected, "the subscriber notices the terminated connection")
     _insert(sql, table, session_id="s2")
     assert sink.events == []
     hold.set()
-    _until(lambda: sink.events == [SessionRevoked("s2")], "the row is read after reconnecting")
+    wait_until(lambda: sink.events == [SessionRevoked("s2")], "the row is read after reconnecting")
     assert bus.connected
     assert bus.stats()["reconnects"] == 1
     assert sink.connects == 2
@@ -302,24 +293,24 @@ def test_concurrent_transactions_committing_out_of_id_order_are_both_applied(
     bus = buses(hole_grace=0.1)
     sink = _started(bus)
     _insert(sql, table, session_id="s0")  # rows below the holes: no gap possible
-    _until(lambda: len(sink.events) == 1, "the first row")
+    wait_until(lambda: len(sink.events) == 1, "the first row")
     with psycopg.connect(postgres_url) as slow:
         slow.execute(f"INSERT INTO {table} (created_at, type, session_id) VALUES (%s, %s, %s)",  # noqa: S608
                      (time.time(), "session_revoked", "s1"))  # fmt: skip
         _insert(sql, table, session_id="s2")
-        _until(lambda: len(sink.events) == 2, "the later row")
+        wait_until(lambda: len(sink.events) == 2, "the later row")
         assert bus.stats()["holes"] == 1
         slow.execute(f"NOTIFY {table}")
         slow.commit()
-    _until(lambda: len(sink.events) == 3, "the earlier row, committed last")
+    wait_until(lambda: len(sink.events) == 3, "the earlier row, committed last")
     assert sink.events[1:] == [SessionRevoked("s2"), SessionRevoked("s1")]
     with psycopg.connect(postgres_url) as failed:
         failed.execute(f"INSERT INTO {table} (created_at, type, session_id) VALUES (%s, %s, %s)",  # noqa: S608
                        (time.time(), "session_revoked", "never"))  # fmt: skip
         _insert(sql, table, session_id="s3")
-        _until(lambda: len(sink.events) == 4, "the row after the doomed one")
+        wait_until(lambda: len(sink.events) == 4, "the row after the doomed one")
         failed.rollback()
-    _until(lambda: bus.stats()["holes"] == 0, "the rolled-back hole is closed")
+    wait_until(lambda: bus.stats()["holes"] == 0, "the rolled-back hole is closed")
     assert sink.gaps == []
     assert SessionRevoked("never") not in sink.events
 
@@ -349,7 +340,7 @@ def test_a_forked_child_starts_its_own_subscriber_and_leaves_the_parents_connect
     child.start()
     child.join(DEADLINE + 5)
     assert child.exitcode == 0
-    _until(lambda: SessionRevoked("from-child") in sink.events, "the parent reads it too")
+    wait_until(lambda: SessionRevoked("from-child") in sink.events, "the parent reads it too")
     assert bus.connected
     assert bus.run(lambda conn: conn.info.backend_pid) == pid  # not closed by the child
 
@@ -370,7 +361,7 @@ def test_retention_deletes_old_rows_and_expired_claims(
     old = [_insert(sql, table, created_at=real - 3600, session_id=f"o{i}") for i in range(3)]
     fresh = _insert(sql, table, created_at=real - 30, session_id="f")
     assert bus.replay_guard.claim("hook-1")
-    _until(lambda: len(sink.events) == 4, "the rows are read")
+    wait_until(lambda: len(sink.events) == 4, "the rows are read")
     count = f"SELECT count(*) FROM {table}_replay"  # noqa: S608
 
     def ids() -> list[int]:
@@ -379,11 +370,11 @@ def test_retention_deletes_old_rows_and_expired_claims(
     assert ids() == [*old, fresh]
     assert sql.execute(count).fetchone() == (1,)
     now[0] = real  # the first three rows are past the retention now
-    _until(lambda: ids() == [fresh], "rows older than the retention deleted")
+    wait_until(lambda: ids() == [fresh], "rows older than the retention deleted")
     assert sql.execute(count).fetchone() == (1,)
     now[0] = real + 601  # the fresh row and the claim are old now
-    _until(lambda: ids() == [], "the last row deleted once it is past the retention")
-    _until(lambda: sql.execute(count).fetchone() == (0,), "the expired claim deleted")
+    wait_until(lambda: ids() == [], "the last row deleted once it is past the retention")
+    wait_until(lambda: sql.execute(count).fetchone() == (0,), "the expired claim deleted")
     assert sink.gaps == []  # deleting rows already read is no gap
 
 
@@ -398,7 +389,7 @@ def _cached_gate(bus_url: str, **knobs: Any) -> Gate:
     for name, value in knobs.items():
         setattr(gate.bus, name, value)
     gate.start()
-    _until(lambda: gate.bus.connected, "the gate's subscriber connects")
+    wait_until(lambda: gate.bus.connected, "the gate's subscriber connects")
     assert gate.check("s-ok") == backend.lookup("s-ok")
     assert gate.cache.peek("s-ok") is not MISS
     return gate
@@ -412,13 +403,13 @@ def test_rows_deleted_past_the_cursor_flush_the_cache(
     gate = _cached_gate(bus_url, check_interval=60.0, hole_grace=0.1)
     try:
         _insert(sql, table, session_id="seen")
-        _until(lambda: _applied(gate) == 1, "the first row is read")
+        wait_until(lambda: _applied(gate) == 1, "the first row is read")
         assert gate.cache.peek("s-ok") is not MISS
         lost = _insert(sql, table, notify=False, session_id="lost")
         sql.execute(f"DELETE FROM {table} WHERE id <= %s", (lost,))  # noqa: S608
         with capture_logs() as logs:
             _insert(sql, table, session_id="after")
-            _until(lambda: gate.cache.peek("s-ok") is MISS, "the cache flushed")
+            wait_until(lambda: gate.cache.peek("s-ok") is MISS, "the cache flushed")
         gaps = [line for line in logs if line["event"] == "bus.gap_detected"]
         assert gaps
         assert gaps[0]["reason"] == "deleted"
@@ -433,14 +424,14 @@ def test_a_gap_while_stopped_is_found_on_connecting(
     gate = _cached_gate(bus_url)
     try:
         _insert(sql, table, session_id="seen")
-        _until(lambda: _applied(gate) == 1, "the first row is read")
+        wait_until(lambda: _applied(gate) == 1, "the first row is read")
         gate.stop()
         last = _insert(sql, table, session_id="missed")
         _insert(sql, table, session_id="kept")
         sql.execute(f"DELETE FROM {table} WHERE id <= %s", (last,))  # noqa: S608
         with capture_logs() as logs:
             gate.start()
-            _until(lambda: gate.bus.connected, "reconnected")
+            wait_until(lambda: gate.bus.connected, "reconnected")
         assert [line["reason"] for line in logs if line["event"] == "bus.gap_detected"] == [
             "deleted"
         ]
@@ -451,7 +442,7 @@ def test_a_gap_while_stopped_is_found_on_connecting(
         sql.execute(f"DROP TABLE {table}")
         with capture_logs() as logs:
             gate.start()
-            _until(lambda: gate.bus.connected, "reconnected to the new table")
+            wait_until(lambda: gate.bus.connected, "reconnected to the new table")
         assert [line["reason"] for line in logs if line["event"] == "bus.gap_detected"] == [
             "table_recreated"
         ]
@@ -619,7 +610,7 @@ def test_revoke_writes_status_and_event_in_one_transaction(
     assert sessions.list("u-1") == []
     # This process applied them at once; another subscriber read them from the table.
     assert sessions.gate.cache.lookup(two.session_id).status is SessionStatus.REVOKED  # type: ignore[union-attr]
-    _until(lambda: len(watcher.events) == 5, "a subscriber reads the five events")
+    wait_until(lambda: len(watcher.events) == 5, "a subscriber reads the five events")
     assert SessionRevoked(two.session_id) in watcher.events
 
 
@@ -642,7 +633,7 @@ def test_cli_revoke_on_the_postgres_bus(
     assert cli_main(["revoke", "--session", "cli-1", "--bus", bus_url]) == 0
     out = capsys.readouterr().out
     assert '"event": "session_revoked"' in out
-    _until(lambda: sink.events == [SessionRevoked("cli-1")], "the CLI's event is read")
+    wait_until(lambda: sink.events == [SessionRevoked("cli-1")], "the CLI's event is read")
     assert publish(bus_url, [Flush()], stream="unused")  # the script helper returns row ids
 
 

@@ -31,20 +31,11 @@ from sessionmw.events import Event, Flush, SessionRevoked, UserSessionsRevoked, 
 from sessionmw.gate import Gate, forget_gates, gate_for
 from sessionmw.signing import new_secret, signed_request
 from tests.conftest import free_port
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.redis
 
 SECRET = new_secret()
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:
-    """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what or predicate}")
-        pause.wait(0.005)  # polling interval, not a race wait
 
 
 class RedisServer:
@@ -71,7 +62,7 @@ class RedisServer:
                 except redis.RedisError:
                     return False
 
-            wait_until(up, 10, "redis-server to answer")
+            wait_until(up, "redis-server to answer", 10)
         finally:
             client.close()
 
@@ -172,8 +163,8 @@ def started(bus: RedisBus, target: MemoryCache | CacheSink) -> RedisBus:
     sink = target if isinstance(target, CacheSink) else CacheSink(target)
     seen = len(sink.calls)
     bus.start(sink)
-    wait_until(lambda: bus.connected, 5, "the subscriber to connect")
-    wait_until(lambda: "connected" in sink.calls[seen:], 5, "the sink to hear of it")
+    wait_until(lambda: bus.connected, "the subscriber to connect")
+    wait_until(lambda: "connected" in sink.calls[seen:], "the sink to hear of it")
     return bus
 
 
@@ -441,8 +432,8 @@ def test_gate_applies_the_outage_ttl_until_connected(redis_url: str, stream: str
     gate = Gate(settings, cache=cache)
     try:
         gate.start()
-        wait_until(lambda: gate.bus.connected, 5, "the subscriber to connect")
-        wait_until(lambda: cache.max_ages == [3, None], 5, "the gate to hear of it")
+        wait_until(lambda: gate.bus.connected, "the subscriber to connect")
+        wait_until(lambda: cache.max_ages == [3, None], "the gate to hear of it")
     finally:
         gate.stop()
     assert cache.max_ages == [3, None, 3]
@@ -538,9 +529,14 @@ def test_stream_recreated_while_paused_flushes(
     make_bus().publish([SessionRevoked("s1")])
     wait_until(revoked(cache, "s1"))
     bus.stop()
+    old_last = redis_client.xinfo_stream(stream)["last-generated-id"]
     redis_client.delete(stream)
     if new_ids == "later":
-        redis_client.xadd(stream, {"type": "session_revoked", "session_id": "s2"})
+        # A millisecond past the old stream's last ID (an automatic ID could repeat
+        # it exactly when the test runs within the same millisecond).
+        text = old_last.decode() if isinstance(old_last, bytes) else str(old_last)
+        later = f"{int(text.split('-')[0]) + 1}-0"
+        redis_client.xadd(stream, {"type": "session_revoked", "session_id": "s2"}, id=later)
     else:
         redis_client.xadd(stream, {"type": "session_revoked", "session_id": "s2"}, id="5-0")
     cache.lookup("s3")
@@ -576,7 +572,7 @@ def test_redis_restarted_empty(own_redis: RedisServer, stream: str) -> None:
             bus.publish([SessionRevoked("s3")])
         with capture_logs() as logs:
             own_redis.start()
-            wait_until(lambda: bus.connected, 10, "the subscriber to reconnect")
+            wait_until(lambda: bus.connected, "the subscriber to reconnect")
         assert bus.stats()["gaps"] == 1
         assert [e["reason"] for e in logs if e["event"] == "bus.gap_detected"] == ["stream_missing"]
         assert [call for call in sink.calls if call.startswith("gap:")] == ["gap:stream_missing"]
@@ -601,7 +597,7 @@ def test_restart_is_a_gap_even_before_any_entry(own_redis: RedisServer, stream: 
         own_redis.kill()
         wait_until(lambda: not bus.connected)
         own_redis.start()
-        wait_until(lambda: bus.connected, 10)
+        wait_until(lambda: bus.connected, "the subscriber to reconnect")
         assert bus.stats()["gaps"] == 1
         assert len(cache) == 0
     finally:

@@ -38,7 +38,7 @@ from sessionmw.contrib.fastapi import (
 )
 from sessionmw.gate import forget_gates, gate_for
 from sessionmw.sessions import Sessions
-from tests.servers import closed_port_url, seed_store
+from tests.servers import closed_port_url, seed_store, send_case_asgi
 from tests.spec_cases import (
     CASES,
     HEADER,
@@ -47,7 +47,6 @@ from tests.spec_cases import (
     RAW_CASES,
     VALID,
     Case,
-    Result,
 )
 from tests.test_spec_table import assert_matches
 
@@ -105,18 +104,6 @@ def table_app(*, middleware: bool) -> FastAPI:
         return "ok"
 
     return app
-
-
-async def send(app: Any, case: Case) -> Result:
-    headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in case.headers]
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-        response = await client.request(case.method, case.path, headers=headers)
-    return Result(
-        response.status_code,
-        response.content,
-        {name.lower(): value for name, value in response.headers.items()},
-    )
 
 
 async def get(app: Any, path: str, session_id: str | None = None) -> httpx.Response:
@@ -195,9 +182,9 @@ async def test_same_answers_with_and_without_middleware(
         environ(backend=closed_port_url(), backend_timeout="1", exempt_paths="/healthz")
     else:
         environ(backend=sqlite_url, exempt_paths="/healthz")
-    guarded = await send(table_app(middleware=True), case)
+    guarded = await send_case_asgi(table_app(middleware=True), case)
     forget_gates()  # the same settings: without this both would share one cache
-    alone = await send(table_app(middleware=False), case)
+    alone = await send_case_asgi(table_app(middleware=False), case)
     assert_matches(case, guarded)
     if case.path not in ROUTED and case.status in (401, 503):
         assert alone.status in (404, 307), alone

@@ -131,6 +131,19 @@ class Cluster:
         return time.perf_counter() - start
 
 
+def _env(op: Provider, store_url: str, stream: str) -> dict[str, str]:
+    """The servers' settings: the store, a Redis bus on ``stream``, both routes on."""
+    return clean_env({
+        "SESSIONMW_BACKEND": store_url,
+        "SESSIONMW_BUS": REDIS_URL,
+        "SESSIONMW_STREAM": stream,
+        "SESSIONMW_OIDC_ISSUER": op.issuer,
+        "SESSIONMW_OIDC_AUDIENCE": AUDIENCE,
+        "SESSIONMW_SSF_ISSUER": op.issuer,
+        "SESSIONMW_SSF_AUDIENCE": AUDIENCE,
+    })  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     require_service("redis", REDIS_URL, 6379)
@@ -142,15 +155,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     stream = f"sessionmw:test:idp:{uuid.uuid4().hex}"
     client = redis.Redis.from_url(REDIS_URL)
     with Provider() as op:
-        env = clean_env({
-            "SESSIONMW_BACKEND": store_url,
-            "SESSIONMW_BUS": REDIS_URL,
-            "SESSIONMW_STREAM": stream,
-            "SESSIONMW_OIDC_ISSUER": op.issuer,
-            "SESSIONMW_OIDC_AUDIENCE": AUDIENCE,
-            "SESSIONMW_SSF_ISSUER": op.issuer,
-            "SESSIONMW_SSF_AUDIENCE": AUDIENCE,
-        })  # fmt: skip
+        env = _env(op, store_url, stream)
         port = free_port()
         log, output = folder / "access.log", folder / "output.log"
         argv = access_logged("uvicorn", "examples.starlette_app:app", port, log,
@@ -329,15 +334,7 @@ def test_gunicorn_flask_workers(tmp_path: Path) -> None:
             done |= {pid for pid, got in burst(session_id).items() if got == {status}}
 
     with Provider() as op:
-        env = clean_env({
-            "SESSIONMW_BACKEND": store_url,
-            "SESSIONMW_BUS": REDIS_URL,
-            "SESSIONMW_STREAM": stream,
-            "SESSIONMW_OIDC_ISSUER": op.issuer,
-            "SESSIONMW_OIDC_AUDIENCE": AUDIENCE,
-            "SESSIONMW_SSF_ISSUER": op.issuer,
-            "SESSIONMW_SSF_AUDIENCE": AUDIENCE,
-        })  # fmt: skip
+        env = _env(op, store_url, stream)
         port = free_port()
         argv = access_logged("gunicorn", "examples.flask_app:app", port, log,
                              "-w", str(WORKERS), "--graceful-timeout", "5")  # fmt: skip

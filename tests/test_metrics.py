@@ -55,14 +55,18 @@ class Clock:
         return self.now
 
 
-def scrape(registry: CollectorRegistry) -> Samples:
-    """Every sample of a real text exposition, keyed by name and sorted labels."""
-    text = generate_latest(registry).decode()
+def parse(text: str) -> Samples:
+    """Every sample of a text exposition, keyed by name and sorted labels."""
     samples: Samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples
+
+
+def scrape(registry: CollectorRegistry) -> Samples:
+    """Every sample of a real text exposition of ``registry``."""
+    return parse(generate_latest(registry).decode())
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:

@@ -41,19 +41,11 @@ from tests.servers import (
     served_by,
 )
 from tests.spec_cases import VALID
+from tests.test_metrics import Samples, parse
 
 ALICE = SessionRecord("sess-alice", "user-alice", SessionStatus.ACTIVE, None, None)
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 pytestmark = pytest.mark.usefixtures("fresh_gates")
-
-
-def parse(text: str) -> Samples:
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:

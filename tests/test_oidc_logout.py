@@ -25,7 +25,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from sessionmw import ConfigError, SessionRecord, Sessions, SessionStatus, Settings
+from sessionmw import ConfigError, Sessions, Settings
 from sessionmw._body import MAX_BODY
 from sessionmw.bus import LocalBus
 from sessionmw.events import Event
@@ -38,6 +38,7 @@ from tests.oidc_provider import (
     BACKCHANNEL_LOGOUT,
     DROP,
     Provider,
+    ReceiverWorld,
     ec_key,
     mounted,
     rsa_key,
@@ -61,37 +62,20 @@ def form(token: str) -> bytes:
     return urlencode({"logout_token": token}).encode()
 
 
-class World:
+class World(ReceiverWorld):
     """A gate with back-channel logout on, its sessions and a way to post tokens."""
 
-    def __init__(self, op: Provider, **settings: Any) -> None:
-        self.op = op
-        self.gate = Gate(
-            Settings(oidc_issuer=op.issuer, oidc_audience=[AUDIENCE, "other-app"], **settings)
-        )
-        self.sessions = Sessions(self.gate)
-        assert self.gate.oidc is not None
-        self.receiver = self.gate.oidc
+    def __init__(self, op: Provider) -> None:
+        settings = Settings(oidc_issuer=op.issuer, oidc_audience=[AUDIENCE, "other-app"])
+        super().__init__(settings, "oidc", FORM)
 
     def post(self, body: bytes, content_type: str = FORM) -> tuple[int, bytes]:
-        answer = self.receiver.handle({"content-type": content_type}, body)
+        answer = self.answer(body, content_type)
         return answer.status, answer.body
 
     def apost(self, body: bytes) -> tuple[int, bytes]:
-        answer = asyncio.run(self.receiver.ahandle(HEADERS, body))
+        answer = self.answer(body, through_async=True)
         return answer.status, answer.body
-
-    def active(self, session_id: str) -> bool:
-        """Both the store and the gate (its cache) let the session through."""
-        stored = self.sessions.get(session_id)
-        assert stored is not None
-        outcome = self.gate.check(session_id)
-        return stored.status is SessionStatus.ACTIVE and isinstance(outcome, SessionRecord)
-
-    @property
-    def received(self) -> int:
-        """Events applied to this process's cache so far."""
-        return sum(self.gate.events_applied.values())
 
 
 @pytest.fixture
@@ -144,12 +128,12 @@ def test_replayed_jti_applies_nothing_twice(world: World, op: Provider) -> None:
     victim = world.sessions.create("erin", idp_sid="replayed").session_id
     token = op.logout_token(sid="replayed")
     assert world.post(form(token))[0] == 200
-    applied = world.received
+    applied = world.applied
     assert applied > 0
     assert not world.active(victim)
     assert world.post(form(token)) == (200, b"")
     assert world.apost(form(token)) == (200, b"")
-    assert world.received == applied
+    assert world.applied == applied
 
 
 def test_async_path(world: World, op: Provider) -> None:
@@ -257,12 +241,12 @@ def test_invalid_token(world: World, op: Provider, name: str) -> None:
     """Each broken rule: 400 invalid_request, the session untouched, nothing applied."""
     victim = world.sessions.create("victim", idp_sid="victim-sid").session_id
     assert world.active(victim)
-    before = world.received
+    before = world.applied
     token = _cases(op)[name]
     assert world.post(form(token)) == INVALID
     assert world.apost(form(token)) == INVALID
     assert world.active(victim)
-    assert world.received == before
+    assert world.applied == before
 
 
 @pytest.mark.parametrize(
@@ -339,14 +323,14 @@ def test_random_mutations_never_5xx_nor_apply(world: World, op: Provider) -> Non
     assert world.post(form(token))[0] == 200
     bystander = world.sessions.create("ivy", idp_sid="fuzzed-other").session_id
     assert world.active(bystander)
-    before = world.received
+    before = world.applied
     rng = random.Random(8935)
     seen: dict[int, int] = {}
     for mutated in _mutations(token, rng, 500):
         status, _ = world.post(urlencode({"logout_token": mutated}).encode())
         seen[status] = seen.get(status, 0) + 1
         assert status in (200, 400), (status, mutated)
-    assert world.received == before
+    assert world.applied == before
     assert world.active(bystander)
     assert seen.get(400, 0) >= 450, seen
 

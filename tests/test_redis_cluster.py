@@ -26,7 +26,6 @@ from sessionmw.events import SessionRevoked
 from sessionmw.gate import Gate
 from sessionmw.settings import Settings
 from tests import engines
-from tests.conftest import IN_CI
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -35,11 +34,7 @@ DEADLINE = 20.0
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[engines.ClusterEngine]:
-    if not engines.available():
-        message = "redis-server, redis-cli and openssl are needed for a Redis Cluster"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+    engines.require("a Redis Cluster")
     with engines.cluster() as engine:
         yield engine
 

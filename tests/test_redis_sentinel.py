@@ -25,7 +25,6 @@ import pytest
 
 from sessionmw.signing import new_secret, signed_request
 from tests import engines
-from tests.conftest import IN_CI
 from tests.servers import access_logged, clean_env, free_port, running, served_by
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -138,11 +137,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def sentinel() -> Iterator[engines.SentinelEngine]:
-    if not engines.available():
-        message = "redis-server, redis-cli and openssl are needed for a Sentinel setup"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+    engines.require("a Sentinel setup")
     with engines.sentinel() as engine:
         yield engine
 

@@ -22,7 +22,6 @@ from sessionmw.events import SessionRevoked
 from sessionmw.gate import Gate
 from sessionmw.settings import Settings
 from tests import engines
-from tests.conftest import IN_CI
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -31,11 +30,7 @@ DEADLINE = 20.0
 
 @pytest.fixture(scope="module")
 def tls() -> Iterator[engines.TLSEngine]:
-    if not engines.available():
-        message = "redis-server, redis-cli and openssl are needed for a TLS Redis"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+    engines.require("a TLS Redis")
     with engines.tls() as engine:
         yield engine
 

@@ -13,7 +13,6 @@ transmitter over real HTTP (:mod:`tests.oidc_provider`), SETs minted with PyJWT.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import time
@@ -22,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from sessionmw import SessionRecord, Sessions, SessionStatus, Settings
+from sessionmw import Sessions, Settings
 from sessionmw._body import MAX_BODY
-from sessionmw.gate import Gate
+from sessionmw.answers import Answer
 from tests.oidc_provider import (
     ADAPTERS,
     AUDIENCE,
@@ -32,6 +31,7 @@ from tests.oidc_provider import (
     DROP,
     SESSION_REVOKED,
     Provider,
+    ReceiverWorld,
     mounted,
     rsa_key,
 )
@@ -49,31 +49,22 @@ def op() -> Iterator[Provider]:
         yield provider
 
 
-class World:
+class World(ReceiverWorld):
+    """A gate with security event push on, its sessions and a way to post SETs."""
+
     def __init__(self, op: Provider) -> None:
-        self.gate = Gate(Settings(ssf_issuer=op.issuer, ssf_audience=AUDIENCE))
-        self.sessions = Sessions(self.gate)
-        assert self.gate.ssf is not None
-        self.receiver = self.gate.ssf
+        super().__init__(Settings(ssf_issuer=op.issuer, ssf_audience=AUDIENCE), "ssf", SET_TYPE)
 
     def post(self, token: str | bytes, content_type: str = SET_TYPE) -> tuple[int, Any]:
         body = token.encode() if isinstance(token, str) else token
-        answer = self.receiver.handle({"content-type": content_type}, body)
-        return answer.status, json.loads(answer.body) if answer.body else None
+        return _decoded(self.answer(body, content_type))
 
     def apost(self, token: str) -> tuple[int, Any]:
-        answer = asyncio.run(self.receiver.ahandle({"content-type": SET_TYPE}, token.encode()))
-        return answer.status, json.loads(answer.body) if answer.body else None
+        return _decoded(self.answer(token.encode(), through_async=True))
 
-    def active(self, session_id: str) -> bool:
-        stored = self.sessions.get(session_id)
-        assert stored is not None
-        outcome = self.gate.check(session_id)
-        return stored.status is SessionStatus.ACTIVE and isinstance(outcome, SessionRecord)
 
-    @property
-    def applied(self) -> int:
-        return sum(self.gate.events_applied.values())
+def _decoded(answer: Answer) -> tuple[int, Any]:
+    return answer.status, json.loads(answer.body) if answer.body else None
 
 
 @pytest.fixture

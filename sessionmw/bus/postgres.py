@@ -50,8 +50,6 @@ or not at all.
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import contextlib
 import getpass
 import math
@@ -72,23 +70,14 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
 from sessionmw import _fork
-from sessionmw._log import (
-    BUS_BAD_ENTRY,
-    BUS_CONNECTED,
-    BUS_DISCONNECTED,
-    BUS_EVENT_APPLIED,
-    BUS_GAP_DETECTED,
-    get_logger,
-)
+from sessionmw.bus._subscriber import SubscriberBus, default_wait
 from sessionmw.errors import BusUnavailable, ConfigError, InvalidPayload
-from sessionmw.events import Event, UserSessionsRevoked, describe, parse_event
-from sessionmw.replay import digest
+from sessionmw.events import Event, UserSessionsRevoked, parse_event
+from sessionmw.replay import SharedReplayGuard, digest
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection as SAConnection
     from sqlalchemy.engine import URL
-
-    from sessionmw.bus import BusSink
 
 __all__ = ["DEFAULT_TABLE", "PostgresBus", "PostgresReplayGuard", "parse_url"]
 
@@ -239,7 +228,7 @@ class _Pool:
         self._lock = threading.Lock()
 
 
-class PostgresReplayGuard:
+class PostgresReplayGuard(SharedReplayGuard):
     """``webhook-id`` / ``jti`` dedupe in ``{table}_replay``, shared by every process.
 
     :meth:`claim` is one ``INSERT … ON CONFLICT (digest) DO UPDATE … WHERE expired``:
@@ -276,27 +265,12 @@ class PostgresReplayGuard:
             raise BusUnavailable(f"replay guard unavailable: {type(exc).__name__}") from None
         return row is not None
 
-    def release(self, webhook_id: str) -> None:
+    def _forget(self, webhook_id: str) -> None:
         key = digest(webhook_id)
-        try:
-            self._bus.run(lambda conn: conn.execute(self._release, (key,)))
-        except Exception as exc:  # must never raise
-            get_logger().warning(
-                BUS_DISCONNECTED, problem="replay guard release failed", error=type(exc).__name__
-            )
-
-    async def aclaim(self, webhook_id: str) -> bool:
-        return await asyncio.to_thread(self.claim, webhook_id)
-
-    async def arelease(self, webhook_id: str) -> None:
-        await asyncio.to_thread(self.release, webhook_id)
+        self._bus.run(lambda conn: conn.execute(self._release, (key,)))
 
 
-def _default_wait(event: threading.Event, seconds: float) -> bool:
-    return event.wait(seconds)
-
-
-class PostgresBus:
+class PostgresBus(SubscriberBus[psycopg.Connection[Any]]):
     """A table of events plus ``LISTEN``/``NOTIFY`` (SPEC section 12, ``postgresql://``).
 
     ``retention``: seconds rows are kept (the ``bus_retention`` setting);
@@ -324,7 +298,7 @@ class PostgresBus:
         backoff_base: float = 0.1,
         backoff_cap: float = 5.0,
         clock: Callable[[], float] = time.time,
-        wait: Callable[[threading.Event, float], bool] = _default_wait,
+        wait: Callable[[threading.Event, float], bool] = default_wait,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self.conninfo, self.table = parse_url(url)
@@ -337,12 +311,7 @@ class PostgresBus:
         self.retention_interval = retention_interval
         self.hole_grace = hole_grace
         self.hole_max_age = hole_max_age
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
         self.clock = clock
-        self._wait = wait
-        self._rng = rng
-        self._log = get_logger()
         self._params = conninfo_to_dict(self.conninfo)
         table = sql.Identifier(self.table)
         self._sql = {
@@ -372,30 +341,22 @@ class PostgresBus:
         self._pool = _Pool(lambda: self._connect("pub"))
         self._guard = PostgresReplayGuard(self)
         self._schema_ready = False
-        # Subscriber state: the thread and what only it writes.
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._sub_conn: psycopg.Connection[Any] | None = None
-        self._sink: BusSink | None = None
-        self._connected = False
         self._high: int | None = None
         self._holes: list[_Hole] = []
         self._started_at = 0.0
-        self._reset_counters()
+        super().__init__(
+            ("table", self.table),
+            self._pool,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+            wait=wait,
+            rng=rng,
+        )
         _fork.register(self)
 
-    def __repr__(self) -> str:
-        return f"<PostgresBus table={self.table!r} connected={self._connected}>"
-
     def _reset_counters(self) -> None:
-        self._applied = 0
-        self._bad_rows = 0
-        self._gaps = 0
-        self._connects = 0
-        self._reconnects = 0
+        super()._reset_counters()
         self._deleted = 0
-        self._lag: collections.deque[float] = collections.deque(maxlen=1024)
 
     # -- connections ---------------------------------------------------------------
 
@@ -438,32 +399,25 @@ class PostgresBus:
         if found is not None and all(found):
             self._schema_ready = True
             return
-        t, r = sql.Identifier(table), sql.Identifier(replay)
+        names = {
+            "t": sql.Identifier(table),
+            "t_idx": sql.Identifier(f"{table}_created_at_idx"),
+            "r": sql.Identifier(replay),
+            "r_idx": sql.Identifier(f"{replay}_expires_idx"),
+        }
+        statements = (
+            "CREATE TABLE IF NOT EXISTS {t} (id BIGSERIAL PRIMARY KEY, "
+            "created_at DOUBLE PRECISION NOT NULL, type TEXT NOT NULL, "
+            "session_id TEXT NULL, user_id TEXT NULL, before DOUBLE PRECISION NULL)",
+            "CREATE INDEX IF NOT EXISTS {t_idx} ON {t} (created_at)",
+            "CREATE TABLE IF NOT EXISTS {r} (digest BYTEA PRIMARY KEY, "
+            "expires_at DOUBLE PRECISION NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS {r_idx} ON {r} (expires_at)",
+        )
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"sessionmw:{table}",))
-            conn.execute(
-                sql.SQL(
-                    "CREATE TABLE IF NOT EXISTS {t} (id BIGSERIAL PRIMARY KEY, "
-                    "created_at DOUBLE PRECISION NOT NULL, type TEXT NOT NULL, "
-                    "session_id TEXT NULL, user_id TEXT NULL, before DOUBLE PRECISION NULL)"
-                ).format(t=t)
-            )
-            conn.execute(
-                sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} (created_at)").format(
-                    i=sql.Identifier(f"{table}_created_at_idx"), t=t
-                )
-            )
-            conn.execute(
-                sql.SQL(
-                    "CREATE TABLE IF NOT EXISTS {r} (digest BYTEA PRIMARY KEY, "
-                    "expires_at DOUBLE PRECISION NOT NULL)"
-                ).format(r=r)
-            )
-            conn.execute(
-                sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {r} (expires_at)").format(
-                    i=sql.Identifier(f"{replay}_expires_idx"), r=r
-                )
-            )
+            for statement in statements:
+                conn.execute(sql.SQL(statement).format(**names))
         self._schema_ready = True
 
     def ensure_schema(self) -> None:
@@ -481,66 +435,15 @@ class PostgresBus:
         self._pool.run(lambda conn: conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(tables)))
         self._schema_ready = False
 
-    # -- Bus protocol --------------------------------------------------------------
-
-    @property
-    def connected(self) -> bool:
-        """True while the subscriber is connected and has read up to the table's end."""
-        return self._connected
+    # -- Bus protocol (start, stop, after_fork, apublish, stats: SubscriberBus) ---
 
     @property
     def replay_guard(self) -> PostgresReplayGuard:
         return self._guard
 
-    def start(self, sink: BusSink) -> None:
-        """Start this process's subscriber thread (idempotent)."""
-        with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                return
-            self._sink = sink
-            sink.bus_disconnected()  # until the first connect has caught up
-            if self._high is None and not self._started_at:
-                self._started_at = self.clock()
-            self._stop = threading.Event()
-            self._thread = threading.Thread(
-                target=self._run,
-                args=(self._stop,),
-                name=f"sessionmw-bus:{self.table}",
-                daemon=True,
-            )
-            self._thread.start()
-
-    def stop(self) -> None:
-        """Stop the subscriber and close connections (idempotent). The position is
-        kept: a later :meth:`start` resumes from it (and checks for a gap)."""
-        with self._lock:
-            thread, self._thread = self._thread, None
-            stop_event = self._stop
-        stop_event.set()
-        if thread is not None:
-            self._interrupt()
-            thread.join(self.block + self.timeout + 1)
-        self._connected = False
-        if self._sink is not None:
-            self._sink.bus_disconnected()
-        self._pool.close()
-
     def _reset_after_fork(self) -> None:
+        # The holes stay with the position (SubscriberBus.after_fork).
         self.after_fork()
-
-    def after_fork(self) -> None:
-        """In a forked child (idempotent): forget the parent's thread, locks and
-        connections without closing them. The position and holes are plain data and
-        stay: the child's cache is a copy of the parent's as of that position."""
-        self._lock = threading.Lock()
-        self._thread = None
-        self._stop = threading.Event()
-        if self._sub_conn is not None:
-            _ORPHANS.append(self._sub_conn)
-        self._sub_conn = None
-        self._connected = False
-        self._pool.after_fork()
-        self._reset_counters()
 
     def publish(self, events: Sequence[Event]) -> None:
         """Insert one row per event and NOTIFY, in one transaction (whole batch or
@@ -563,11 +466,6 @@ class PostgresBus:
             return self.run(work)
         except psycopg.Error as exc:
             raise BusUnavailable(f"PostgreSQL bus unavailable: {type(exc).__name__}") from None
-
-    async def apublish(self, events: Sequence[Event]) -> None:
-        """Like :meth:`publish`, in a worker thread so the event loop never blocks."""
-        if events:
-            await asyncio.to_thread(self.publish, events)
 
     def _columns(self, events: Sequence[Event]) -> tuple[list[Any], ...]:
         now = self.clock()
@@ -640,28 +538,7 @@ class PostgresBus:
             detail = getattr(exc, "orig", None) or exc
             raise BusUnavailable(f"PostgreSQL bus unavailable: {type(detail).__name__}") from None
 
-    # -- subscriber health -------------------------------------------------------------
-
-    def stats(self) -> dict[str, Any]:
-        """Subscriber health and revocation lag (milliseconds) in this process."""
-        lags = sorted(self._lag)
-
-        def pick(q: float) -> float | None:
-            return lags[min(len(lags) - 1, math.ceil(q * len(lags)) - 1)] if lags else None
-
-        return {
-            "connected": self._connected,
-            "cursor": self.cursor,
-            "holes": len(self._holes),
-            "applied": self._applied,
-            "bad_entries": self._bad_rows,
-            "gaps": self._gaps,
-            "connects": self._connects,
-            "reconnects": self._reconnects,
-            "deleted": self._deleted,
-            "lag_ms": {"p50": pick(0.5), "p99": pick(0.99), "max": lags[-1] if lags else None},
-        }
-
+    # -- the subscriber (the thread itself: SubscriberBus) --------------------------------
     @property
     def cursor(self) -> int | None:
         """Every id up to this one has been read or given up (holes excluded)."""
@@ -669,12 +546,31 @@ class PostgresBus:
             return None
         return min([self._high, *(hole.lo - 1 for hole in self._holes)])
 
-    # -- the subscriber thread -----------------------------------------------------------
+    _connection_errors = (psycopg.Error, OSError)
 
-    def _interrupt(self) -> None:
+    def _mark_start(self) -> None:
+        if self._high is None and not self._started_at:
+            self._started_at = self.clock()
+
+    @property
+    def _block_seconds(self) -> float:
+        return self.block
+
+    def _position(self) -> int | None:
+        return self.cursor
+
+    def _more_stats(self) -> dict[str, Any]:
+        return {"holes": len(self._holes), "deleted": self._deleted}
+
+    def _open(self) -> psycopg.Connection[Any]:
+        return self._connect("bus")
+
+    def _orphan(self, conn: psycopg.Connection[Any]) -> None:
+        _ORPHANS.append(conn)  # closing it would end the parent's session
+
+    def _interrupt(self, conn: psycopg.Connection[Any]) -> None:
         """Wake a subscriber waiting for a notification (stop): shut its socket down."""
-        conn = self._sub_conn
-        if conn is None or conn.closed:
+        if conn.closed:
             return
         with contextlib.suppress(Exception):
             sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
@@ -682,53 +578,6 @@ class PostgresBus:
                 sock.shutdown(socket.SHUT_RDWR)
             finally:
                 sock.close()
-
-    def _backoff(self, attempt: int) -> float:
-        ceiling = min(self.backoff_cap, self.backoff_base * (2 ** min(attempt, 30)))
-        return float(ceiling / 2 + self._rng() * ceiling / 2)
-
-    def _run(self, stop: threading.Event) -> None:
-        attempt = 0
-        while not stop.is_set():
-            conn: psycopg.Connection[Any] | None = None
-            try:
-                conn = self._connect("bus")
-                self._sub_conn = conn
-                if stop.is_set():
-                    break
-                self._on_connect(conn)
-                attempt = 0
-                self._follow(conn, stop)
-            except (psycopg.Error, OSError) as exc:
-                if stop.is_set():
-                    break
-                self._lost(exc)
-            except Exception as exc:  # the subscriber must outlive bugs
-                if stop.is_set():
-                    break
-                self._log.exception(BUS_DISCONNECTED, problem="subscriber error")
-                self._lost(exc)
-            finally:
-                self._sub_conn = None
-                if conn is not None:
-                    with contextlib.suppress(Exception):  # closing a broken connection
-                        conn.close()
-            if stop.is_set():
-                break
-            self._wait(stop, self._backoff(attempt))
-            attempt += 1
-        self._connected = False
-
-    def _lost(self, exc: BaseException) -> None:
-        was = self._connected
-        self._connected = False
-        if self._sink is not None:
-            self._sink.bus_disconnected()
-        if was:
-            self._reconnects += 1
-            self._log.warning(BUS_DISCONNECTED, table=self.table, error=type(exc).__name__)
-        else:
-            self._log.debug(BUS_DISCONNECTED, table=self.table, error=type(exc).__name__)
 
     def _on_connect(self, conn: psycopg.Connection[Any]) -> None:
         """LISTEN first (nothing committed after this is missed), then check for a
@@ -738,11 +587,7 @@ class PostgresBus:
         conn.execute(self._sql["listen"])
         self._check(conn, connecting=True)
         self._read(conn)
-        self._connects += 1
-        self._connected = True
-        if self._sink is not None:
-            self._sink.bus_connected()
-        self._log.info(BUS_CONNECTED, table=self.table, cursor=self.cursor)
+        self._now_connected(cursor=self.cursor)
 
     def _follow(self, conn: psycopg.Connection[Any], stop: threading.Event) -> None:
         now = time.monotonic()
@@ -861,26 +706,13 @@ class PostgresBus:
         try:
             event = parse_event(fields)
         except InvalidPayload as exc:
-            self._bad_rows += 1
-            self._log.warning(BUS_BAD_ENTRY, table=self.table, entry=row_id, problem=str(exc))
+            self._bad_entry(row_id, str(exc))
             return
         sent_at = _sent_at(created_at)
         if isinstance(event, UserSessionsRevoked) and event.before is None:
             event = UserSessionsRevoked(event.user_id, sent_at)
-        try:
-            assert self._sink is not None
-            self._sink.bus_event(event, sent_at)
-        except Exception:  # one bad apply must not stop the bus
-            self._log.exception(BUS_BAD_ENTRY, table=self.table, problem="apply failed")
-            return
-        if sent_at is not None:
-            self._lag.append(max(0.0, (time.time() - sent_at) * 1000))
-        applied.append(event)
-
-    def _applied_log(self, applied: list[Event]) -> None:
-        if applied:
-            self._applied += len(applied)
-            self._log.debug(BUS_EVENT_APPLIED, table=self.table, events=describe(applied))
+        if self._deliver(event, sent_at) is not None:
+            applied.append(event)
 
     # -- gaps and retention ------------------------------------------------------------
 
@@ -923,12 +755,6 @@ class PostgresBus:
         else:
             self._note_hole(high + 1, missing_to)
             self._high = missing_to
-
-    def _gap(self, reason: str) -> None:
-        self._gaps += 1
-        self._log.warning(BUS_GAP_DETECTED, table=self.table, reason=reason)
-        if self._sink is not None:
-            self._sink.bus_gap(reason)
 
     def _retention_delay(self) -> float:
         return float(self.retention_interval * (0.5 + self._rng() / 2))

@@ -46,19 +46,16 @@ stream's slot, on the same master.
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import contextlib
 import dataclasses
 import hashlib
-import math
 import os
 import random
 import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -67,20 +64,11 @@ from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
 from sessionmw import _redis_url
-from sessionmw._log import (
-    BUS_BAD_ENTRY,
-    BUS_CONNECTED,
-    BUS_DISCONNECTED,
-    BUS_EVENT_APPLIED,
-    BUS_GAP_DETECTED,
-    get_logger,
-)
 from sessionmw.backends._clients import Clients
+from sessionmw.bus._subscriber import SubscriberBus, default_wait
 from sessionmw.errors import BusUnavailable, ConfigError, InvalidPayload
-from sessionmw.events import Event, UserSessionsRevoked, describe, from_fields, to_fields
-
-if TYPE_CHECKING:
-    from sessionmw.bus import BusSink
+from sessionmw.events import Event, UserSessionsRevoked, from_fields, to_fields
+from sessionmw.replay import SharedReplayGuard
 
 __all__ = [
     "MAXLEN",
@@ -139,7 +127,7 @@ def _sync_client(
     return _redis_url.sync_client(target, **options)
 
 
-class RedisReplayGuard:
+class RedisReplayGuard(SharedReplayGuard):
     """``webhook-id`` dedupe shared by every process: ``SET {prefix}{sha256(id)} 1 NX EX``.
 
     :meth:`claim` raises :class:`~sessionmw.errors.BusUnavailable` when Redis does not
@@ -169,48 +157,8 @@ class RedisReplayGuard:
         except RedisError as exc:
             raise BusUnavailable(f"replay guard unavailable: {type(exc).__name__}") from None
 
-    def release(self, webhook_id: str) -> None:
-        try:
-            self._clients.sync().delete(self.key(webhook_id))
-        except Exception as exc:  # must never raise
-            get_logger().warning(
-                BUS_DISCONNECTED, problem="replay guard release failed", error=type(exc).__name__
-            )
-
-    async def aclaim(self, webhook_id: str) -> bool:
-        return await asyncio.to_thread(self.claim, webhook_id)
-
-    async def arelease(self, webhook_id: str) -> None:
-        await asyncio.to_thread(self.release, webhook_id)
-
-
-class _Lag:
-    """Revocation lag (now minus the entry ID's timestamp), in milliseconds."""
-
-    def __init__(self, window: int = 1024) -> None:
-        self.lock = threading.Lock()
-        self.recent: collections.deque[float] = collections.deque(maxlen=window)
-        self.last: float | None = None
-        self.max: float | None = None
-
-    def add(self, lag_ms: float) -> None:
-        with self.lock:
-            self.recent.append(lag_ms)
-            self.last = lag_ms
-            if self.max is None or lag_ms > self.max:
-                self.max = lag_ms
-
-    def snapshot(self) -> dict[str, float | None]:
-        with self.lock:
-            values = sorted(self.recent)
-            last, top = self.last, self.max
-
-        def pick(q: float) -> float | None:
-            if not values:
-                return None
-            return values[min(len(values) - 1, math.ceil(q * len(values)) - 1)]
-
-        return {"last": last, "max": top, "p50": pick(0.5), "p99": pick(0.99)}
+    def _forget(self, webhook_id: str) -> None:
+        self._clients.sync().delete(self.key(webhook_id))
 
 
 def _entries(reply: Any) -> list[tuple[Any, Mapping[Any, Any]]]:
@@ -227,11 +175,7 @@ def _entries(reply: Any) -> list[tuple[Any, Mapping[Any, Any]]]:
     return out
 
 
-def _default_wait(event: threading.Event, seconds: float) -> bool:
-    return event.wait(seconds)
-
-
-class RedisBus:
+class RedisBus(SubscriberBus[redis.Redis]):
     """A Redis Stream shared by every process (SPEC section 8, ``redis://``).
 
     ``stream``: the stream key. The subscriber reports to the sink given to
@@ -253,7 +197,7 @@ class RedisBus:
         backoff_base: float = 0.1,
         backoff_cap: float = 5.0,
         timeout: float = 2.0,
-        wait: Callable[[threading.Event, float], bool] = _default_wait,
+        wait: Callable[[threading.Event, float], bool] = default_wait,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self._target = _redis_url.parse(url, "bus")
@@ -263,12 +207,7 @@ class RedisBus:
         self.stream = stream
         self.block_ms = int(block_ms)
         self.check_interval = check_interval
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
         self.timeout = timeout
-        self._wait = wait
-        self._rng = rng
-        self._log = get_logger()
         # The producers' client. The async paths run the sync calls in a worker thread
         # (``asyncio.to_thread``): publishing happens once per hook call, not per
         # request, and a thread hop costs far less than a ``redis.asyncio`` client per
@@ -284,18 +223,15 @@ class RedisBus:
             else f"{stream}:webhook:"
         )
         self._guard = RedisReplayGuard(self._clients, prefix)
-        # Subscriber state: the thread and what only it writes.
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._sub_client: redis.Redis | None = None
-        self._sink: BusSink | None = None
-        self._connected = False
+        super().__init__(
+            ("stream", stream),
+            self._clients,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+            wait=wait,
+            rng=rng,
+        )
         self._reset_position()
-        self._reset_counters()
-
-    def __repr__(self) -> str:
-        return f"<RedisBus stream={self.stream!r} connected={self._connected}>"
 
     def _reset_position(self) -> None:
         self._cursor: StreamID | None = None
@@ -307,71 +243,11 @@ class RedisBus:
         self._run_id: str | None = None
         self._started_ms = 0
 
-    def _reset_counters(self) -> None:
-        self._lag = _Lag()
-        self._applied = 0
-        self._bad_entries = 0
-        self._gaps = 0
-        self._reconnects = 0
-        self._connects = 0
-
-    # -- Bus protocol ------------------------------------------------------------
-
-    @property
-    def connected(self) -> bool:
-        """True while the subscriber is connected and has read up to the stream's end."""
-        return self._connected
+    # -- Bus protocol (start, stop, after_fork, apublish, stats: SubscriberBus) -----
 
     @property
     def replay_guard(self) -> RedisReplayGuard:
         return self._guard
-
-    def start(self, sink: BusSink) -> None:
-        """Start this process's subscriber thread (idempotent)."""
-        with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                return
-            self._sink = sink
-            sink.bus_disconnected()  # until the first connect has caught up
-            if self._cursor is None and not self._started_ms:
-                self._started_ms = int(time.time() * 1000)
-            self._stop = threading.Event()
-            self._thread = threading.Thread(
-                target=self._run,
-                args=(self._stop,),
-                name=f"sessionmw-bus:{self.stream}",
-                daemon=True,
-            )
-            self._thread.start()
-
-    def stop(self) -> None:
-        """Stop the subscriber and close connections (idempotent). The cursor is
-        kept: a later :meth:`start` resumes from it (and checks for a gap)."""
-        with self._lock:
-            thread, self._thread = self._thread, None
-            stop_event = self._stop
-        stop_event.set()
-        if thread is not None:
-            self._interrupt()
-            thread.join(self.block_ms / 1000 + self.timeout + 1)
-        self._connected = False
-        if self._sink is not None:
-            self._sink.bus_disconnected()
-        self._clients.close()
-
-    def after_fork(self) -> None:
-        """In a forked child: forget the parent's thread, locks and connections.
-
-        The cursor and gap-check baselines are plain data and stay: the child's cache
-        is a copy of the parent's as of that cursor, so resuming from it is right.
-        """
-        self._lock = threading.Lock()
-        self._thread = None
-        self._stop = threading.Event()
-        self._sub_client = None
-        self._connected = False
-        self._clients.after_fork()
-        self._reset_counters()
 
     def publish(self, events: Sequence[Event]) -> None:
         """XADD one entry per event, all or none (one MULTI/EXEC round trip);
@@ -392,96 +268,44 @@ class RedisBus:
             raise BusUnavailable(f"Redis bus unavailable: {type(exc).__name__}") from None
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
-    async def apublish(self, events: Sequence[Event]) -> None:
-        """Like :meth:`publish`, in a worker thread so the event loop never blocks."""
-        if events:
-            await asyncio.to_thread(self.publish, events)
+    # -- the subscriber (the thread itself: SubscriberBus) ------------------------
 
-    def stats(self) -> dict[str, Any]:
-        """Subscriber health and revocation lag (milliseconds) in this process."""
+    _connection_errors = (RedisError, OSError)
+
+    def _mark_start(self) -> None:
+        if self._cursor is None and not self._started_ms:
+            self._started_ms = int(time.time() * 1000)
+
+    @property
+    def _block_seconds(self) -> float:
+        return self.block_ms / 1000
+
+    def _position(self) -> str | None:
         cursor = self._cursor
-        return {
-            "connected": self._connected,
-            "cursor": format_id(cursor) if cursor is not None else None,
-            "applied": self._applied,
-            "bad_entries": self._bad_entries,
-            "gaps": self._gaps,
-            "connects": self._connects,
-            "reconnects": self._reconnects,
-            "lag_ms": self._lag.snapshot(),
-        }
+        return format_id(cursor) if cursor is not None else None
 
-    # -- the subscriber thread ---------------------------------------------------
-
-    def _interrupt(self) -> None:
+    def _interrupt(self, client: redis.Redis) -> None:
         """Wake a blocked XREAD (stop): shut the subscriber's socket down."""
-        client = self._sub_client
-        if client is None:
-            return
         connection = getattr(client, "connection", None)
         sock = getattr(connection, "_sock", None)
         if isinstance(sock, socket.socket):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
-    def _backoff(self, attempt: int) -> float:
-        ceiling = min(self.backoff_cap, self.backoff_base * (2 ** min(attempt, 30)))
-        return float(ceiling / 2 + self._rng() * ceiling / 2)
+    def _open(self) -> redis.Redis:
+        # One connection to the master holding the stream (on Sentinel and Cluster,
+        # wherever that is now).
+        return _redis_url.subscriber_client(
+            self._target,
+            self.stream,
+            socket_timeout=self.block_ms / 1000 + self.timeout,
+            socket_connect_timeout=self.timeout,
+            # Visible in CLIENT LIST: which processes have a live subscriber.
+            client_name=f"sessionmw-bus-{os.getpid()}",
+            retry=Retry(NoBackoff(), 0),
+        )
 
-    def _run(self, stop: threading.Event) -> None:
-        attempt = 0
-        while not stop.is_set():
-            client: redis.Redis | None = None
-            try:
-                # One connection to the master holding the stream (on Sentinel and
-                # Cluster, wherever that is now).
-                client = _redis_url.subscriber_client(
-                    self._target,
-                    self.stream,
-                    socket_timeout=self.block_ms / 1000 + self.timeout,
-                    socket_connect_timeout=self.timeout,
-                    # Visible in CLIENT LIST: which processes have a live subscriber.
-                    client_name=f"sessionmw-bus-{os.getpid()}",
-                    retry=Retry(NoBackoff(), 0),
-                )
-                self._sub_client = client
-                if stop.is_set():
-                    break
-                self._connect(client)
-                attempt = 0
-                self._follow(client, stop)
-            except (RedisError, OSError) as exc:
-                if stop.is_set():
-                    break
-                self._lost(exc)
-            except Exception as exc:  # the subscriber must outlive bugs
-                if stop.is_set():
-                    break
-                self._log.exception(BUS_DISCONNECTED, problem="subscriber error")
-                self._lost(exc)
-            finally:
-                self._sub_client = None
-                if client is not None:
-                    with contextlib.suppress(Exception):  # closing a broken connection
-                        client.close()
-            if stop.is_set():
-                break
-            self._wait(stop, self._backoff(attempt))
-            attempt += 1
-        self._connected = False
-
-    def _lost(self, exc: BaseException) -> None:
-        was = self._connected
-        self._connected = False
-        if self._sink is not None:
-            self._sink.bus_disconnected()
-        if was:
-            self._reconnects += 1
-            self._log.warning(BUS_DISCONNECTED, stream=self.stream, error=type(exc).__name__)
-        else:
-            self._log.debug(BUS_DISCONNECTED, stream=self.stream, error=type(exc).__name__)
-
-    def _connect(self, client: redis.Redis) -> None:
+    def _on_connect(self, client: redis.Redis) -> None:
         """Check for a gap, read up to the stream's end, then count as connected."""
         if self._target.kind != "server":
             # A demoted master (Sentinel) or a replica (Cluster) would still serve
@@ -499,16 +323,7 @@ class RedisBus:
             self._initial_cursor(client)
         while not self._sync(client, restarted=restarted):
             restarted = False
-        self._connects += 1
-        if self._sink is not None:
-            self._sink.bus_connected()
-        self._connected = True
-        self._log.info(
-            BUS_CONNECTED,
-            stream=self.stream,
-            cursor=format_id(self._cursor or ZERO),
-            restarted=restarted,
-        )
+        self._now_connected(cursor=format_id(self._cursor or ZERO), restarted=restarted)
 
     def _follow(self, client: redis.Redis, stop: threading.Event) -> None:
         next_check = time.monotonic() + self.check_interval
@@ -533,28 +348,17 @@ class RedisBus:
             try:
                 event = from_fields(fields)
             except InvalidPayload as exc:
-                self._bad_entries += 1
-                self._log.warning(
-                    BUS_BAD_ENTRY, stream=self.stream, entry=format_id(entry_id), problem=str(exc)
-                )
+                self._bad_entry(format_id(entry_id), str(exc))
                 continue
+            sent_at = entry_id[0] / 1000
             if isinstance(event, UserSessionsRevoked) and event.before is None:
-                event = dataclasses.replace(event, before=entry_id[0] / 1000)
-            try:
-                assert self._sink is not None
-                self._sink.bus_event(event, entry_id[0] / 1000)
-            except Exception:  # one bad apply must not stop the stream
-                self._log.exception(BUS_BAD_ENTRY, stream=self.stream, problem="apply failed")
+                event = dataclasses.replace(event, before=sent_at)
+            lag = self._deliver(event, sent_at)
+            if lag is None:
                 continue
-            lag = max(0.0, time.time() * 1000 - entry_id[0])
-            self._lag.add(lag)
             worst = max(worst, lag)
             applied.append(event)
-        if applied:
-            self._applied += len(applied)
-            self._log.debug(
-                BUS_EVENT_APPLIED, stream=self.stream, events=describe(applied), lag_ms=worst
-            )
+        self._applied_log(applied, lag_ms=worst)
 
     # -- gap detection -----------------------------------------------------------
     #
@@ -672,9 +476,3 @@ class RedisBus:
                 self._seq = added - length
             self._gap(reason)
         return False
-
-    def _gap(self, reason: str) -> None:
-        self._gaps += 1
-        self._log.warning(BUS_GAP_DETECTED, stream=self.stream, reason=reason)
-        if self._sink is not None:
-            self._sink.bus_gap(reason)

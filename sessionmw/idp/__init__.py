@@ -20,8 +20,8 @@ start-up with the extra to install when they are missing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from sessionmw._compat import require_extra
 from sessionmw.errors import ConfigError
@@ -29,8 +29,10 @@ from sessionmw.errors import ConfigError
 if TYPE_CHECKING:
     from sessionmw.answers import Answer
     from sessionmw.hook import Publisher
-    from sessionmw.idp.receivers import BackChannelLogout, SecurityEventReceiver
+    from sessionmw.idp.receivers import BackChannelLogout, SecurityEventReceiver, _Receiver
     from sessionmw.settings import Settings
+
+    _R = TypeVar("_R", bound=_Receiver)
 
 __all__ = ["Receiver", "build"]
 
@@ -82,32 +84,21 @@ def build(
     from sessionmw.idp.jwks import JWKSCache
     from sessionmw.idp.receivers import BackChannelLogout, Revoker, SecurityEventReceiver
 
-    timeout = settings.backend_timeout
+    def receiver(kind: type[_R], issuer: str, audiences: Sequence[str], jwks_url: str | None) -> _R:
+        source = kind.source
+        keys = JWKSCache(
+            issuer, jwks_url=jwks_url, discovery=kind.discovery, timeout=settings.backend_timeout
+        )
+        revoker = Revoker(store, lambda events: apply(events, source=source), bus, source=source)
+        return kind(issuer=issuer, audiences=audiences, keys=keys, revoker=revoker)
+
     oidc = ssf = None
     if settings.oidc_issuer:
-        keys = JWKSCache(
-            settings.oidc_issuer,
-            jwks_url=settings.oidc_jwks_url,
-            discovery="openid-configuration",
-            timeout=timeout,
-        )
-        oidc = BackChannelLogout(
-            issuer=settings.oidc_issuer,
-            audiences=settings.oidc_audience,
-            keys=keys,
-            revoker=Revoker(store, lambda events: apply(events, source="oidc"), bus, source="oidc"),
+        oidc = receiver(
+            BackChannelLogout, settings.oidc_issuer, settings.oidc_audience, settings.oidc_jwks_url
         )
     if settings.ssf_issuer:
-        keys = JWKSCache(
-            settings.ssf_issuer,
-            jwks_url=settings.ssf_jwks_url,
-            discovery="ssf-configuration",
-            timeout=timeout,
-        )
-        ssf = SecurityEventReceiver(
-            issuer=settings.ssf_issuer,
-            audiences=settings.ssf_audience,
-            keys=keys,
-            revoker=Revoker(store, lambda events: apply(events, source="ssf"), bus, source="ssf"),
+        ssf = receiver(
+            SecurityEventReceiver, settings.ssf_issuer, settings.ssf_audience, settings.ssf_jwks_url
         )
     return oidc, ssf

@@ -28,7 +28,7 @@ import concurrent.futures
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -136,9 +136,11 @@ class JWKSCache:
             and self._clock() - self._fetched_at < self.max_age
         )
 
-    def _begin(self) -> tuple[concurrent.futures.Future[None] | None, bool]:
+    def _begin(self, kid: str | None) -> tuple[concurrent.futures.Future[None] | None, bool]:
         """``(future to wait on, whether this caller fetches)``; ``(None, False)`` when
-        the refetch budget is spent (use what is cached)."""
+        the cached set will do, or the refetch budget is spent (use what is cached)."""
+        if self._usable(kid):
+            return None, False
         with self._lock:
             if self._inflight is not None:
                 return self._inflight, False
@@ -151,45 +153,42 @@ class JWKSCache:
             self._inflight = future
             return future, True
 
-    def _finish(self, future: concurrent.futures.Future[None], found: KeySet | None) -> None:
-        with self._lock:
-            if found is not None:
-                self._keys = found
-                self._kids = frozenset(key.kid for key in found.keys)
-                self._fetched_at = self._clock()
-            self._inflight = None
-        future.set_result(None)
-
-    def _failed(self, exc: BaseException) -> None:
-        # Discover again next time: the provider may have moved its JWKS.
-        self._jwks_url = self.configured_url
-        self._log.warning(
-            JWKS_UNAVAILABLE, issuer=self.issuer, error=f"{type(exc).__name__}: {exc}"
-        )
-
-    def _fetched(self, found: KeySet) -> KeySet:
-        self._log.info(
-            JWKS_FETCHED, issuer=self.issuer, kids=sorted(str(k.kid) for k in found.keys)
-        )
-        return found
+    @contextlib.contextmanager
+    def _fetching(self, future: concurrent.futures.Future[None] | None) -> Iterator[list[KeySet]]:
+        """Around the fetch of the caller that owns ``future``: the key set it appends
+        to the yielded list is published; whatever happens (a failure is logged and
+        the old keys kept, to try again later), the waiters are woken."""
+        assert future is not None
+        found: list[KeySet] = []
+        try:
+            yield found
+            self._log.info(
+                JWKS_FETCHED, issuer=self.issuer, kids=sorted(str(k.kid) for k in found[0].keys)
+            )
+        except Exception as exc:  # any failure: keep the old keys, try again later
+            # Discover again next time: the provider may have moved its JWKS.
+            self._jwks_url = self.configured_url
+            self._log.warning(
+                JWKS_UNAVAILABLE, issuer=self.issuer, error=f"{type(exc).__name__}: {exc}"
+            )
+        finally:
+            with self._lock:
+                if found:
+                    self._keys = found[0]
+                    self._kids = frozenset(key.kid for key in found[0].keys)
+                    self._fetched_at = self._clock()
+                self._inflight = None
+            future.set_result(None)
 
     # -- sync --------------------------------------------------------------------
 
     def keys(self, kid: str | None) -> KeySet | None:
         """The key set to verify a token signed with ``kid`` (fetching when needed and
         allowed); ``None`` when no key set could ever be fetched."""
-        if self._usable(kid):
-            return self._keys
-        future, owner = self._begin()
+        future, owner = self._begin(kid)
         if owner:
-            assert future is not None
-            found = None
-            try:
-                found = self._fetched(self._fetch())
-            except Exception as exc:  # any failure: keep the old keys, try again later
-                self._failed(exc)
-            finally:
-                self._finish(future, found)
+            with self._fetching(future) as found:
+                found.append(self._fetch())
         elif future is not None:
             with contextlib.suppress(concurrent.futures.TimeoutError):
                 future.result(timeout=self.timeout * 2 + 1)
@@ -207,18 +206,10 @@ class JWKSCache:
     async def akeys(self, kid: str | None) -> KeySet | None:
         """Like :meth:`keys`; the fetch (or the wait for another caller's) never
         blocks the event loop."""
-        if self._usable(kid):
-            return self._keys
-        future, owner = self._begin()
+        future, owner = self._begin(kid)
         if owner:
-            assert future is not None
-            found = None
-            try:
-                found = self._fetched(await self._afetch())
-            except Exception as exc:
-                self._failed(exc)
-            finally:
-                self._finish(future, found)
+            with self._fetching(future) as found:
+                found.append(await self._afetch())
         elif future is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.wrap_future(future), self.timeout * 2 + 1)

@@ -192,30 +192,22 @@ class Revoker:
         return None
 
     async def adeliver(self, jti: str, targets: Targets) -> Answer | None:
-        """Like :meth:`deliver`; the store writes run in a worker thread."""
-        guard, key = self._bus.replay_guard, self._key(jti)
-        try:
-            if not await guard.aclaim(key):
-                self.duplicate()
-                return None
-        except Exception as exc:
-            return self._failed(exc)
-        try:
-            events = await asyncio.to_thread(self.writes, targets)
-            if events:
-                self._apply(events)
-                await self._bus.apublish(events)
-        except Exception as exc:
-            await guard.arelease(key)
-            return self._failed(exc)
-        self._applied(events, targets)
-        return None
+        """Like :meth:`deliver`, run whole in a worker thread: the guard, the store and
+        the bus do blocking I/O, and a cancelled request cannot stop the delivery
+        between the claim and the release."""
+        return await asyncio.to_thread(self.deliver, jti, targets)
 
 
 class _Receiver:
     """What both receivers share: read the token, verify it, deliver its targets."""
 
     source = ""
+    #: The provider's discovery document: ``{issuer}/.well-known/{discovery}``.
+    discovery = ""
+    #: The ``typ`` header values accepted (lower case, without ``application/``).
+    token_types: frozenset[str]
+    #: Seconds ``iat`` may be off now, both ways (``None``: any age).
+    iat_window: float | None
     accepted: Answer
     #: The answer for a malformed request (adapters use it for a bad Content-Length).
     malformed: Answer
@@ -227,13 +219,12 @@ class _Receiver:
         audiences: Sequence[str],
         keys: JWKSCache,
         revoker: Revoker,
-        rules: Rules,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.issuer = issuer
         self.keys = keys
         self.revoker = revoker
-        self.rules = rules
+        self.rules = Rules(issuer, tuple(audiences), self.token_types, self.iat_window)
         self._clock = clock
         self._log = get_logger()
 
@@ -297,27 +288,11 @@ class BackChannelLogout(_Receiver):
     """
 
     source = "oidc"
+    discovery = "openid-configuration"
     accepted = LOGOUT_ACCEPTED
     malformed = LOGOUT_INVALID
-
-    def __init__(
-        self,
-        *,
-        issuer: str,
-        audiences: Sequence[str],
-        keys: JWKSCache,
-        revoker: Revoker,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        rules = Rules(issuer, tuple(audiences), frozenset({"logout+jwt", "jwt"}), IAT_WINDOW)
-        super().__init__(
-            issuer=issuer,
-            audiences=audiences,
-            keys=keys,
-            revoker=revoker,
-            rules=rules,
-            clock=clock,
-        )
+    token_types = frozenset({"logout+jwt", "jwt"})
+    iat_window = IAT_WINDOW
 
     def token(self, headers: Mapping[str, str], body: bytes) -> str:
         if _media_type(headers) != "application/x-www-form-urlencoded":
@@ -372,27 +347,11 @@ class SecurityEventReceiver(_Receiver):
     """
 
     source = "ssf"
+    discovery = "ssf-configuration"
     accepted = SET_ACCEPTED
     malformed = set_error("invalid_request", "malformed request")
-
-    def __init__(
-        self,
-        *,
-        issuer: str,
-        audiences: Sequence[str],
-        keys: JWKSCache,
-        revoker: Revoker,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        rules = Rules(issuer, tuple(audiences), frozenset({"secevent+jwt", "jwt"}), None)
-        super().__init__(
-            issuer=issuer,
-            audiences=audiences,
-            keys=keys,
-            revoker=revoker,
-            rules=rules,
-            clock=clock,
-        )
+    token_types = frozenset({"secevent+jwt", "jwt"})
+    iat_window = None
 
     def token(self, headers: Mapping[str, str], body: bytes) -> str:
         if _media_type(headers) != "application/secevent+jwt":

@@ -14,13 +14,19 @@ from sessionmw.contrib.django.middleware import exempt, response_for
 from sessionmw.gate import gate_for
 
 if TYPE_CHECKING:
+    from sessionmw.hook import InvalidationHook
     from sessionmw.idp import Receiver
 
 __all__ = ["invalidation_hook", "oidc_backchannel_logout", "ssf_events"]
 
 
-def _served(receiver: Receiver, request: HttpRequest) -> HttpResponse:
-    """The receiver's answer to ``request`` (405, 413, 400 and the rest included)."""
+def _served(
+    receiver: InvalidationHook | Receiver | None, off: str, request: HttpRequest
+) -> HttpResponse:
+    """The receiver's answer to ``request`` (405, 413, 400 and the rest included); 404
+    saying ``off`` when the route is not configured."""
+    if receiver is None:
+        raise Http404(off)
     meta = request.META
     wsgi_input = meta.get("wsgi.input")
     if wsgi_input is not None:
@@ -31,7 +37,8 @@ def _served(receiver: Receiver, request: HttpRequest) -> HttpResponse:
     else:
         # ASGI: Django has read the whole body already (in front of Django,
         # sessionmw.contrib.django.asgi.guard refuses an oversized one unread); the
-        # limit and the Content-Length check still apply here.
+        # limit and the Content-Length check still apply here (for the hook, before
+        # the signature is checked).
         answer = serve_hook(receiver, meta, request, terminated=True)
     return response_for(answer)
 
@@ -41,10 +48,8 @@ def _served(receiver: Receiver, request: HttpRequest) -> HttpResponse:
 def oidc_backchannel_logout(request: HttpRequest) -> HttpResponse:
     """``POST`` an OpenID Connect back-channel ``logout_token`` (SPEC section 14); 404
     without ``oidc_issuer``."""
-    gate = gate_for(load_settings())
-    if gate.oidc is None:
-        raise Http404("back-channel logout is off (no oidc_issuer)")
-    return _served(gate.oidc, request)
+    off = "back-channel logout is off (no oidc_issuer)"
+    return _served(gate_for(load_settings()).oidc, off, request)
 
 
 @csrf_exempt
@@ -52,10 +57,8 @@ def oidc_backchannel_logout(request: HttpRequest) -> HttpResponse:
 def ssf_events(request: HttpRequest) -> HttpResponse:
     """``POST`` a Security Event Token (RFC 8935 push, SPEC section 14); 404 without
     ``ssf_issuer``."""
-    gate = gate_for(load_settings())
-    if gate.ssf is None:
-        raise Http404("security event push is off (no ssf_issuer)")
-    return _served(gate.ssf, request)
+    off = "security event push is off (no ssf_issuer)"
+    return _served(gate_for(load_settings()).ssf, off, request)
 
 
 @csrf_exempt
@@ -63,19 +66,5 @@ def ssf_events(request: HttpRequest) -> HttpResponse:
 def invalidation_hook(request: HttpRequest) -> HttpResponse:
     """``POST`` signed invalidation events (SPEC section 8); 404 without a secret or
     public key."""
-    gate = gate_for(load_settings())
-    if gate.hook is None:
-        raise Http404("the invalidation hook is off (no invalidation_secret or public key)")
-    meta = request.META
-    wsgi_input = meta.get("wsgi.input")
-    if wsgi_input is not None:
-        # WSGI: read the server's stream, so a chunked body is limited too.
-        answer = serve_hook(
-            gate.hook, meta, wsgi_input, terminated=bool(meta.get("wsgi.input_terminated"))
-        )
-    else:
-        # ASGI: Django has read the whole body already (in front of Django,
-        # sessionmw.contrib.django.asgi.guard refuses an oversized one unread); the
-        # limit and the Content-Length check still apply here, before hashing.
-        answer = serve_hook(gate.hook, meta, request, terminated=True)
-    return response_for(answer)
+    off = "the invalidation hook is off (no invalidation_secret or public key)"
+    return _served(gate_for(load_settings()).hook, off, request)
