@@ -38,12 +38,19 @@ from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelConnec
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from sessionmw.errors import ConfigError
 
+#: What a Redis call can raise when the server (or cluster) cannot serve it. redis-py's
+#: cluster client raises ``RedisClusterException`` (no reachable node, a node that is
+#: not in cluster mode), which is not a ``RedisError``.
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
+
 __all__ = [
+    "REDIS_ERRORS",
     "AsyncClient",
     "AsyncRedisCluster",
     "RedisCluster",
@@ -119,6 +126,14 @@ def _check_tls(key: str, options: dict[str, Any]) -> None:
             key,
             "ssl_cert_reqs must be 'required': sessionmw never talks to Redis over TLS "
             "without verifying its certificate (give ssl_ca_certs for a private CA)",
+        )
+    check_hostname = options.get("ssl_check_hostname")
+    if check_hostname is not None and str(check_hostname).strip().lower() not in ("true", "1"):
+        raise ConfigError(
+            key,
+            "ssl_check_hostname must stay on: a certificate is only verified together with "
+            "the host name it was issued for (connect by that name, or add it to the "
+            "certificate's subjectAltName)",
         )
 
 

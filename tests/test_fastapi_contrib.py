@@ -390,6 +390,27 @@ async def test_bad_environment_is_a_config_error_naming_the_key(environ: Any) ->
         await get(table_app(middleware=False), "/whoami", VALID)
 
 
+def test_bad_environment_stops_the_app_at_start_up() -> None:
+    """Importing the module (what starting an app that uses it does) with a bad or
+    misspelt ``SESSIONMW_`` variable fails there, naming the key."""
+    import subprocess
+    import sys
+
+    for variable, key in (("SESSIONMW_TTL", "ttl"), ("SESSIONMW_TLL", "SESSIONMW_TLL")):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONMW_")}
+        env[variable] = "-1"
+        done = subprocess.run(
+            [sys.executable, "-c", "import sessionmw.contrib.fastapi"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode != 0
+        assert f"ConfigError: {key}:" in done.stderr
+
+
 # -- Swagger UI from local files -----------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from sessionmw import SessionStatus, StoredSession
+from sessionmw import BackendUnavailable, BusUnavailable, Sessions, SessionStatus, StoredSession
 from sessionmw._log import hash_id
 from sessionmw.answers import Answer
 from sessionmw.backends.redis import RedisBackend, session_key, user_key
@@ -26,6 +26,7 @@ from sessionmw.events import SessionRevoked
 from sessionmw.gate import Gate
 from sessionmw.settings import Settings
 from tests import engines
+from tests.conftest import free_port
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -241,7 +242,7 @@ def test_master_of_the_stream_killed_under_load(cluster: engines.ClusterEngine) 
         def published() -> bool:
             try:
                 publish(cluster.url, [SessionRevoked(victim)], stream=stream, timeout=1)
-            except Exception:
+            except BusUnavailable:
                 return False
             return True
 
@@ -264,3 +265,32 @@ def test_master_of_the_stream_killed_under_load(cluster: engines.ClusterEngine) 
     assert served.get(200, 0) > 1000, served
     assert not any(status >= 500 for status in served), served
     assert not others_refused, others_refused  # only the revoked session was refused
+
+
+def test_unreachable_cluster_is_unavailable_never_a_raw_cluster_error() -> None:
+    """redis-py's cluster client raises ``RedisClusterException`` (not a
+    ``RedisError``) when no node answers: the store still says
+    ``BackendUnavailable``, the bus ``BusUnavailable``, and the CLI exits cleanly."""
+    import subprocess
+    import sys
+
+    url = f"redis+cluster://127.0.0.1:{free_port()}"
+    store = RedisBackend(url, timeout=0.5)
+    with pytest.raises(BackendUnavailable):
+        store.lookup("s1")
+    with pytest.raises(BackendUnavailable):
+        asyncio.run(store.alookup("s1"))
+    with pytest.raises(BusUnavailable):
+        publish(url, [SessionRevoked("s1")], stream="s", timeout=0.5)
+    sessions = Sessions(backend="memory://", bus=url, backend_timeout=0.5)
+    with pytest.raises(BusUnavailable):
+        sessions.revoke("s1")
+    done = subprocess.run(
+        [sys.executable, "-m", "sessionmw.cli", "revoke", "--bus", url, "--session", "s1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr

@@ -180,6 +180,7 @@ def test_url_forms_parse_and_bad_ones_name_the_setting() -> None:
         "redis+cluster://h:7000,,h2:7001",
         "redis+cluster://h:99999",
         "redis+cluster://a:7000?ssl_cert_reqs=none",
+        "rediss://h:6380/0?ssl_check_hostname=false",  # a certificate for any host
         "redis://h:6379/0?socket_timeout=soon",
     ):
         with pytest.raises(ConfigError, match="bus"):

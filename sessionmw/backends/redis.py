@@ -50,11 +50,12 @@ import redis.asyncio as aredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError, WatchError
+from redis.exceptions import ResponseError, WatchError
 from redis.retry import Retry as SyncRetry
 
 from sessionmw import _redis_url
 from sessionmw._log import BACKEND_MALFORMED, get_logger, hash_id
+from sessionmw._redis_url import REDIS_ERRORS
 from sessionmw.backends._clients import Clients
 from sessionmw.backends._errors import scrub, within
 from sessionmw.errors import BackendUnavailable, ConfigError
@@ -334,7 +335,7 @@ class RedisBackend:
             problem="key does not hold a hash",
         )
 
-    def _failed(self, exc: RedisError, session_id: str) -> None:
+    def _failed(self, exc: Exception, session_id: str) -> None:
         """A failed read of a session: a key of another type is no session (logged);
         anything else raises :class:`BackendUnavailable`."""
         if isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE"):
@@ -346,7 +347,7 @@ class RedisBackend:
         """The stored session, or ``None`` (unknown, or malformed: logged)."""
         try:
             raw = self._clients.sync().hgetall(session_key(session_id))
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             self._failed(exc, session_id)
             return None
         return self._parse(session_id, raw)
@@ -360,7 +361,7 @@ class RedisBackend:
         client = self._clients.for_loop()
         try:
             raw = await within(client.hgetall(session_key(session_id)), self.timeout, "Redis")
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             self._failed(exc, session_id)
             return None
         return lookup_answer(self._parse(session_id, raw))
@@ -398,7 +399,7 @@ class RedisBackend:
                 pipe.execute()
         except WatchError:
             raise ValueError("a session with this ID is already in the store") from None
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise self._unavailable(exc, session.session_id) from None
 
     def _create_per_key(self, session: StoredSession) -> None:
@@ -410,7 +411,7 @@ class RedisBackend:
             if not created:
                 raise ValueError("a session with this ID is already in the store")
             self._add_to_sets(client, session.session_id, session.user_id, session.idp_sid)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise self._unavailable(exc, session.session_id) from None
 
     @staticmethod
@@ -458,7 +459,7 @@ class RedisBackend:
                     found.append(stored)
             if gone:
                 client.srem(set_key, *gone)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise self._unavailable(exc) from None
         found.sort(key=lambda s: s.session_id)
         found.sort(key=lambda s: (s.issued_at is None, -(s.issued_at or 0.0)))
@@ -473,7 +474,7 @@ class RedisBackend:
         client = self._clients.sync()
         try:
             done = client.register_script(_REVOKE)(keys=[session_key(session_id)])
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             if isinstance(exc, ResponseError) and "WRONGTYPE" in str(exc):
                 self._wrong_type(session_id)
                 return False
@@ -492,7 +493,7 @@ class RedisBackend:
             if self.cluster:
                 return self._revoke_user_per_key(client, user_id, keep)
             revoked = client.register_script(_REVOKE_USER)(keys=[user_key(user_id)], args=args)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise self._unavailable(exc, keep or "") from None
         return _ids(revoked)
 
@@ -538,7 +539,7 @@ class RedisBackend:
             gone = [sid for sid, there in zip(ids, present, strict=True) if not there]
             if gone:
                 client.srem(set_key, *gone)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise self._unavailable(exc) from None
         return [sid for sid, there in zip(ids, present, strict=True) if there]
 
@@ -566,7 +567,7 @@ class RedisBackend:
                     keys=[session_key(sid) for sid, _ in chunk],
                     args=[repr(seen) for _, seen in chunk],
                 )
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise self._unavailable(exc, *(sid for sid, _ in latest)) from None
 
     async def atouch_many(self, items: Sequence[tuple[str, float]]) -> None:
@@ -582,7 +583,7 @@ class RedisBackend:
             client = self._clients.sync()
             if client.exists(SCHEMA_KEY) or not client.dbsize():
                 return []
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise self._unavailable(exc) from None
         return [f"sets {USER_PREFIX}* and {IDP_SID_PREFIX}* and hash expiry of existing sessions"]
 
@@ -600,7 +601,7 @@ class RedisBackend:
             marked = bool(client.exists(SCHEMA_KEY))
             if not marked and client.dbsize():
                 client.set(SCHEMA_KEY, SCHEMA_VERSION)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise self._unavailable(exc) from None
         done = []
         if users:
@@ -690,14 +691,14 @@ class RedisBackend:
             if idp_sid is not None:
                 pipe.sadd(idp_sid_key(idp_sid), record.session_id)
             pipe.execute()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise self._unavailable(exc, record.session_id) from None
 
     def delete(self, session_id: str) -> None:
         """Remove a record (no error when it does not exist)."""
         try:
             self._clients.sync().delete(session_key(session_id))
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise self._unavailable(exc, session_id) from None
 
     def set_status(self, session_id: str, status: SessionStatus | str) -> bool:
@@ -705,7 +706,7 @@ class RedisBackend:
         value = SessionStatus(status).value
         try:
             done = self._clients.sync().eval(_SET_STATUS, 1, session_key(session_id), value)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise self._unavailable(exc, session_id) from None
         return bool(done)
 
@@ -736,7 +737,7 @@ class RedisBackend:
                         break
                 if len(records) >= limit:
                     break
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise self._unavailable(exc, "") from None
         records.sort(key=lambda r: r.session_id)
         return records

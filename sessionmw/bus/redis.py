@@ -60,10 +60,11 @@ from typing import Any
 import redis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 from redis.retry import Retry
 
 from sessionmw import _redis_url
+from sessionmw._redis_url import REDIS_ERRORS
 from sessionmw.backends._clients import Clients
 from sessionmw.bus._subscriber import SubscriberBus, default_wait
 from sessionmw.errors import BusUnavailable, ConfigError, InvalidPayload
@@ -154,7 +155,7 @@ class RedisReplayGuard(SharedReplayGuard):
             return bool(
                 self._clients.sync().set(self.key(webhook_id), b"1", nx=True, ex=self.window)
             )
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise BusUnavailable(f"replay guard unavailable: {type(exc).__name__}") from None
 
     def _forget(self, webhook_id: str) -> None:
@@ -264,13 +265,13 @@ class RedisBus(SubscriberBus[redis.Redis]):
             for entry in fields:
                 pipe.xadd(self.stream, entry, maxlen=MAXLEN, approximate=True)  # type: ignore[arg-type]
             ids = pipe.execute()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise BusUnavailable(f"Redis bus unavailable: {type(exc).__name__}") from None
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
     # -- the subscriber (the thread itself: SubscriberBus) ------------------------
 
-    _connection_errors = (RedisError, OSError)
+    _connection_errors = (*REDIS_ERRORS, OSError)
 
     def _mark_start(self) -> None:
         if self._cursor is None and not self._started_ms:

@@ -81,7 +81,7 @@ from sessionmw.errors import ConfigError
 from sessionmw.gate import Gate, exempt_matcher, gate_for
 from sessionmw.records import SessionRecord
 from sessionmw.sessions import Sessions
-from sessionmw.settings import Settings
+from sessionmw.settings import ENV_PREFIX, Settings
 
 __all__ = [
     "DeviceSession",
@@ -275,6 +275,17 @@ class DeviceSessionHeader(APIKeyHeader):
             request.scope["state"] = {_STATE_KEY: outcome}
         return outcome
 
+
+def _check_environment() -> None:
+    """Validate ``SESSIONMW_*`` variables when this module is imported, i.e. while the
+    app starts: without the middleware, :data:`DeviceSession` reads them, and a typo or
+    a bad value must stop the app there, naming the key, not answer its first checked
+    request with a 500. Without any such variable there is nothing to check."""
+    if any(name.startswith(ENV_PREFIX) for name in os.environ):
+        Settings.from_env()
+
+
+_check_environment()
 
 #: The dependency behind :data:`DeviceSession`; the key for ``app.dependency_overrides``.
 device_session = DeviceSessionHeader()
