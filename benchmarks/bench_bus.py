@@ -57,6 +57,8 @@ from sessionmw.settings import Settings
 
 WORKERS = 4
 TARGET_P99_MS = 20.0
+#: The PostgreSQL bus (a commit, a NOTIFY and a query per event) aims at 50 ms.
+TARGET_P99_MS_POSTGRES = 50.0
 TARGET_RATIO = 0.97
 SESSION_ID = "bench-session-0123456789abcdef"
 
@@ -388,11 +390,12 @@ def propagation_table(urls: list[str], events: int) -> tuple[str, bool]:
     ok = True
     for url in urls:
         prop = propagation(url, events, 0.002)
-        met = prop["p99"] < TARGET_P99_MS
+        target = TARGET_P99_MS_POSTGRES if _label(url) == "PostgreSQL" else TARGET_P99_MS
+        met = prop["p99"] < target
         ok = ok and met
         rows.append((
             _label(url), f"{prop['p50']:.2f} ms", f"{prop['p99']:.2f} ms",
-            f"{prop['max']:.2f} ms", f"< {TARGET_P99_MS:g} ms {'ok' if met else 'MISSED'}",
+            f"{prop['max']:.2f} ms", f"< {target:g} ms {'ok' if met else 'MISSED'}",
         ))  # fmt: skip
         print(f"  measured {_label(url)}", file=sys.stderr)
     headers = ["bus", "p50", "p99", "max", "p99 target"]
