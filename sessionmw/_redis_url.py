@@ -206,8 +206,31 @@ def parse(url: str, key: str = "backend") -> RedisTarget:
     )
 
 
-def _socket_options(extra: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in extra.items() if k.startswith("socket_")}
+def _sentinel_options(extra: dict[str, Any]) -> dict[str, Any]:
+    """The timeouts and the ``retry`` of the data connections, for the sentinels' too
+    (redis-py's default retries a dead sentinel three times with seconds of backoff,
+    far past the caller's timeout)."""
+    return {k: v for k, v in extra.items() if k.startswith("socket_") or k == "retry"}
+
+
+class _SentinelClient(redis.Redis):
+    """The master's client of a ``redis+sentinel://`` URL: it owns its Sentinel pool,
+    and closing it also closes the connections to the sentinels themselves (redis-py
+    leaves both open when a client is given a pool)."""
+
+    def close(self) -> None:
+        super().close()
+        for sentinel in getattr(self.connection_pool, "sentinel_manager").sentinels:  # noqa: B009
+            sentinel.close()
+
+
+class _AsyncSentinelClient(aredis.Redis):
+    """The asyncio twin of :class:`_SentinelClient`."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        for sentinel in getattr(self.connection_pool, "sentinel_manager").sentinels:  # noqa: B009
+            await sentinel.aclose()
 
 
 def sync_client(target: RedisTarget, **extra: Any) -> SyncClient:
@@ -221,10 +244,12 @@ def sync_client(target: RedisTarget, **extra: Any) -> SyncClient:
         single = options.pop("single_connection_client", False)
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             list(target.nodes),
-            sentinel_kwargs={**_socket_options(options), **target.sentinel_options},
+            sentinel_kwargs={**_sentinel_options(options), **target.sentinel_options},
         )
         pool = SentinelConnectionPool(target.service, sentinel, **options)  # type: ignore[no-untyped-call]
-        return redis.Redis(connection_pool=pool, single_connection_client=single)
+        client = _SentinelClient(connection_pool=pool, single_connection_client=single)
+        client.auto_close_connection_pool = True  # the pool is this client's own
+        return client
     options.pop("single_connection_client", None)
     retry = options.pop("retry", None)
     return RedisCluster(
@@ -244,10 +269,12 @@ def async_client(target: RedisTarget, **extra: Any) -> AsyncClient:
         assert target.service is not None
         sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
             list(target.nodes),
-            sentinel_kwargs={**_socket_options(options), **target.sentinel_options},
+            sentinel_kwargs={**_sentinel_options(options), **target.sentinel_options},
         )
         pool = AsyncSentinelConnectionPool(target.service, sentinel, **options)  # type: ignore[no-untyped-call]
-        return aredis.Redis(connection_pool=pool)
+        async_client_ = _AsyncSentinelClient(connection_pool=pool)
+        async_client_.auto_close_connection_pool = True
+        return async_client_
     retry = options.pop("retry", None)
     return AsyncRedisCluster(
         startup_nodes=[AsyncClusterNode(host, port) for host, port in target.nodes],

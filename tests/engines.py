@@ -30,11 +30,13 @@ import redis
 __all__ = [
     "Certificates",
     "ClusterEngine",
+    "GuardedSentinelEngine",
     "RedisProcess",
     "SentinelEngine",
     "TLSEngine",
     "available",
     "cluster",
+    "guarded_sentinel",
     "require",
     "sentinel",
     "tls",
@@ -526,6 +528,31 @@ class ClusterEngine(_Engine):
 # -- fixtures' context managers ------------------------------------------------------
 
 
+class GuardedSentinelEngine(_Engine):
+    """One master and one sentinel that answers only after ``AUTH`` with
+    ``password`` (``requirepass`` in sentinel.conf): the smallest setup that shows
+    whether a client authenticates to the sentinels."""
+
+    def __init__(self, password: str) -> None:
+        super().__init__("sentinel-auth")
+        master_port, self.sentinel_port = free_ports(2)
+        self.master = self._process("node", master_port).start()
+        folder = self.folder / "sentinel"
+        folder.mkdir()
+        config = folder / "sentinel.conf"
+        config.write_text(
+            f"port {self.sentinel_port}\nbind 127.0.0.1\nprotected-mode no\ndir {folder}\n"
+            f"requirepass {password}\n"
+            f"sentinel monitor {SERVICE} 127.0.0.1 {master_port} 1\n"
+        )
+        sentinel = RedisProcess(self.sentinel_port, folder, [str(config), "--sentinel"])
+        self.processes.append(sentinel)
+        sentinel.start(password=password)
+
+    def url(self, query: str = "") -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/{SERVICE}/0{query}"
+
+
 def require(what: str) -> None:
     """Skip the calling test (fail it when CI=true) unless :func:`available`; ``what``
     names the setup it needs."""
@@ -549,6 +576,12 @@ def tls() -> contextlib.closing[TLSEngine]:
 def sentinel() -> contextlib.closing[SentinelEngine]:
     """A Sentinel setup, closed after the ``with`` block."""
     return contextlib.closing(SentinelEngine())
+
+
+def guarded_sentinel(password: str) -> contextlib.closing[GuardedSentinelEngine]:
+    """A one-sentinel setup whose sentinel requires ``password``, closed after the
+    ``with`` block."""
+    return contextlib.closing(GuardedSentinelEngine(password))
 
 
 def cluster() -> contextlib.closing[ClusterEngine]:

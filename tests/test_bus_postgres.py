@@ -239,6 +239,47 @@ def test_events_reach_a_subscriber_with_their_fields(
     assert sink.cache.lookup("s1").status is SessionStatus.REVOKED  # type: ignore[union-attr]
 
 
+def test_a_new_subscriber_applies_what_was_published_just_before_it_started(
+    buses: Callable[..., PostgresBus],
+) -> None:
+    """An event published up to 2 s (START_REPLAY) before a subscriber starts (a
+    worker's start-up, before its first read) is applied on the first connect; an
+    older one is not. The clocks are injected: the rows' created_at and the
+    subscriber's start time are fixed numbers."""
+    started_at = 1_000_000.0
+    older = buses(clock=lambda: started_at - 2.1)
+    recent = buses(clock=lambda: started_at - 1.5)
+    older.publish([SessionRevoked("too-old")])
+    recent.publish([SessionRevoked("just-before")])
+    sink = _started(buses(clock=lambda: started_at))
+    # Read during the connect, before ``connected`` turned true.
+    assert sink.events == [SessionRevoked("just-before")]
+
+
+def test_notify_wakes_the_subscriber_without_the_safety_net(
+    request: pytest.FixtureRequest,
+    store_url: str,
+    bus_url: str,
+    buses: Callable[..., PostgresBus],
+) -> None:
+    """publish() and the one-transaction revoke both NOTIFY the table's channel: a
+    subscriber whose next safety-net read is a minute away applies each within
+    seconds."""
+    sink = _started(buses(check_interval=60.0))
+    buses().publish([SessionRevoked("published")])
+    wait_until(lambda: sink.events == [SessionRevoked("published")], "publish's NOTIFY", 5.0)
+    sessions = Sessions(backend=store_url, bus=bus_url)
+    store = sessions.store
+    assert isinstance(store, SQLBackend)
+    request.addfinalizer(store.close)
+    sessions.create_schema()
+    assert sessions._same_transaction(store) is not None
+    login = sessions.create("u-1")
+    assert sessions.revoke(login.session_id) is True
+    wait_until(lambda: len(sink.events) == 2, "the revoke's pg_notify", 5.0)
+    assert sink.events[1] == SessionRevoked(login.session_id)
+
+
 def test_a_batch_is_published_whole_or_not_at_all(
     buses: Callable[..., PostgresBus], sql: psycopg.Connection[Any], table: str
 ) -> None:

@@ -405,6 +405,48 @@ def test_admin_revoke_action_goes_through_sessions(admin_client: Client) -> None
     assert store.get("bystander").status is SessionStatus.ACTIVE  # type: ignore[union-attr]
 
 
+def test_admin_revoke_pushes_the_event_of_an_already_revoked_session(
+    admin_client: Client,
+) -> None:
+    """A session revoked in the store whose event never went out (a bus outage, or a
+    write straight to the table): selecting it again pushes the event, so a cache
+    still holding it as valid refuses it."""
+    store = DjangoBackend()
+    store.create(stored("half-done"))
+    gate = sessions().gate
+    assert gate.check("half-done") == store.get("half-done").record()  # type: ignore[union-attr]
+    assert store.revoke("half-done") is True  # in the store only: no event
+    assert gate.hit("half-done") is not None  # still cached as valid
+    response = admin_client.post(
+        CHANGELIST, {"action": "revoke_sessions", "_selected_action": ["half-done"]}, follow=True
+    )
+    assert gate.events_applied == {"session_revoked": 1}
+    assert gate.hit("half-done") is None
+    assert "Revoked 0 session(s); 1 were not active" in response.content.decode()
+    assert getattr(gate.check("half-done"), "code", None) == "invalid_session"
+
+
+def test_admin_never_deletes_a_session(admin_client: Client) -> None:
+    """Deleting a row would push no event: the delete page is refused to a superuser
+    too (GET and POST), and the row stays."""
+    from django.contrib import admin
+    from django.test import RequestFactory
+
+    from sessionmw.contrib.django.models import DeviceSession
+
+    store = DjangoBackend()
+    store.create(stored("kept-row"))
+    url = f"{CHANGELIST}kept-row/delete/"
+    assert admin_client.get(url).status_code == 403
+    assert admin_client.post(url, {"post": "yes"}).status_code == 403
+    assert store.get("kept-row") is not None
+    request = RequestFactory().get(CHANGELIST)
+    request.user = User.objects.get(username="root")
+    model_admin = admin.site._registry[DeviceSession]
+    assert model_admin.has_delete_permission(request) is False
+    assert model_admin.has_delete_permission(request, DeviceSession.objects.get()) is False
+
+
 def test_admin_revoke_needs_the_change_permission() -> None:
     """A staff user with only the view permission lists sessions but cannot revoke."""
     from django.contrib.auth.models import Permission

@@ -286,6 +286,21 @@ def test_public_key_only_hook_refuses_hmac_and_secret_only_refuses_v1a() -> None
     assert answer(only_secret, *request(SECRET))[0] == 200
 
 
+def test_secret_only_hook_ignores_a_valid_hmac_labelled_v1a() -> None:
+    """A whsec_ secret signs v1 entries only: the right HMAC under a v1a label is 401
+    (while the same bytes labelled v1 pass)."""
+    hook, applied = make_hook(secrets=[SECRET], public_keys=())
+    headers, body = request(SECRET)
+    version, _, mac = headers["webhook-signature"].partition(",")
+    assert version == "v1"
+    assert answer(hook, {**headers, "webhook-signature": "v1a," + mac}, body) == (
+        401,
+        INVALID_SIGNATURE,
+    )
+    assert applied == []
+    assert answer(hook, headers, body)[0] == 200
+
+
 def test_both_kinds_configured_accept_either_and_mixed_headers() -> None:
     """With a secret and a public key, a v1 or a v1a signature passes; in a header
     holding several entries, one valid entry of either kind is enough."""

@@ -218,11 +218,14 @@ def test_a_counter_that_went_down_was_reset(mirrors: list[_Mirror]) -> None:
     mirror = mirror_on(registry, mirrors, {"g": gate})
     bus.gaps = 2
     mirror.sync()
+    bus.gaps = 1  # reset, then one gap: 1 more, not 0
+    mirror.sync()
+    assert pushed(registry, "sessionmw_bus_gaps_total", gate="g") == 3
     bus.gaps = 0
     mirror.sync()
     bus.gaps = 1
     mirror.sync()
-    assert pushed(registry, "sessionmw_bus_gaps_total", gate="g") == 3
+    assert pushed(registry, "sessionmw_bus_gaps_total", gate="g") == 4
 
 
 def test_gauges_come_from_started_gates(mirrors: list[_Mirror]) -> None:

@@ -15,6 +15,9 @@ real HTTP (:mod:`tests.oidc_provider`), tokens minted with PyJWT.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import json
 import random
 import threading
 import time
@@ -27,8 +30,9 @@ import pytest
 
 from sessionmw import ConfigError, Sessions, Settings
 from sessionmw._body import MAX_BODY
+from sessionmw.answers import Answer
 from sessionmw.bus import LocalBus
-from sessionmw.events import Event
+from sessionmw.events import Event, UserSessionsRevoked
 from sessionmw.gate import Gate
 from sessionmw.idp.jwks import JWKSCache
 from sessionmw.idp.receivers import BackChannelLogout, Revoker
@@ -39,6 +43,7 @@ from tests.oidc_provider import (
     DROP,
     Provider,
     ReceiverWorld,
+    b64url,
     ec_key,
     mounted,
     rsa_key,
@@ -142,6 +147,60 @@ def test_async_path(world: World, op: Provider) -> None:
     assert world.apost(form(op.logout_token(sid="async-sid")))[0] == 200
     assert not world.active(victim)
     assert world.apost(form(op.logout_token(sid="x", nonce="n"))) == INVALID
+
+
+def test_jti_length_limit(world: World, op: Provider) -> None:
+    """A jti of 1024 characters is accepted, one of 1025 is 400 invalid_request and
+    revokes nothing."""
+    victim = world.sessions.create("gil", idp_sid="long-jti").session_id
+    assert world.active(victim)
+    too_long = op.logout_token(sid="long-jti", jti="j" * 1025)
+    assert world.post(form(too_long)) == INVALID
+    assert world.apost(form(too_long)) == INVALID
+    assert world.active(victim)
+    assert world.post(form(op.logout_token(sid="long-jti", jti="j" * 1024))) == (200, b"")
+    assert not world.active(victim)
+
+
+class LaggingStore:
+    """A store whose ``revoke_user`` finds nothing (a replica behind the primary):
+    the rest is the real store's."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def revoke_user(self, user_id: str) -> list[str]:
+        return []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def test_sub_only_logout_sends_a_user_watermark(world: World, op: Provider) -> None:
+    """sub without sid: the events applied and published carry
+    UserSessionsRevoked(sub, before=now), so a cached session of that user is refused
+    even when the store's revoke_user returned no session IDs."""
+    bus = FlakyBus()
+    bus.fail = False
+    applied: list[Event] = []
+    receiver, _, _ = _receiver(op, Clock(), bus=bus, apply=applied.extend)
+    start = time.time()
+    assert receiver.handle(HEADERS, form(op.logout_token(sub="hal"))).status == 200
+    marks = [e for e in applied if isinstance(e, UserSessionsRevoked)]
+    assert [m.user_id for m in marks] == ["hal"]
+    assert marks[0].before is not None
+    assert start <= marks[0].before <= time.time()
+    assert list(bus.published) == [applied]
+
+    victim = world.sessions.create("hal").session_id
+    assert world.active(victim)  # cached active
+    logout = world.gate.oidc
+    assert isinstance(logout, BackChannelLogout)
+    logout.revoker.store = LaggingStore(logout.revoker.store)
+    assert world.post(form(op.logout_token(sub="hal"))) == (200, b"")
+    refused = world.gate.check(victim)
+    assert isinstance(refused, Answer)
+    assert refused.status == 401
 
 
 @pytest.mark.parametrize(
@@ -483,6 +542,30 @@ def test_symmetric_keys_in_the_jwks_are_ignored() -> None:
     mixed = key_set({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "h"},
                               ec_key("e").public_jwk]})  # fmt: skip
     assert [key.kid for key in mixed.keys] == ["e"]
+
+
+def _forged(alg: str, claims: dict[str, Any], kid: str) -> str:
+    """A token whose header names ``alg`` (``none`` or ``HS256``, keyed with a made-up
+    secret) and ``kid``: no JOSE library signs these."""
+    header = b64url(json.dumps({"alg": alg, "typ": "JWT", "kid": kid}).encode())
+    signing_input = f"{header}.{b64url(json.dumps(claims).encode())}"
+    if alg == "none":
+        return signing_input + "."
+    mac = hmac.new(b"made-up secret", signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64url(mac)}"
+
+
+@pytest.mark.parametrize("alg", ["none", "HS256"])
+def test_disallowed_alg_fetches_no_keys(op: Provider, alg: str) -> None:
+    """alg none or HS256 with a kid the cache has never seen: 400 (sync and async), and
+    the JWKS is not fetched for it (the algorithm is refused before any key lookup)."""
+    receiver, keys, _ = _receiver(op, Clock())
+    start = op.jwks_fetches
+    token = _forged(alg, op.logout_claims(sid="s"), kid=f"unknown-{uuid.uuid4().hex}")
+    answer = receiver.handle(HEADERS, form(token))
+    assert (answer.status, answer.body) == INVALID
+    assert asyncio.run(receiver.ahandle(HEADERS, form(token))).status == 400
+    assert (keys.fetches, op.jwks_fetches - start) == (0, 0)
 
 
 # -- failures past verification ----------------------------------------------------------

@@ -267,6 +267,20 @@ def test_master_of_the_stream_killed_under_load(cluster: engines.ClusterEngine) 
     assert not others_refused, others_refused  # only the revoked session was refused
 
 
+def test_replay_keys_share_the_stream_keys_slot() -> None:
+    """The replay guard's key prefix hashes to the stream key's slot: ``{stream}`` as
+    the tag for an untagged key; a key with a tag of its own keeps it (wrapping it
+    again would hash ``{app`` instead)."""
+    from sessionmw._redis_url import same_slot_prefix
+
+    tagged = same_slot_prefix("{app}:events", ":webhook:")
+    assert tagged == "{app}:events:webhook:"
+    assert key_slot(f"{tagged}msg-1".encode()) == key_slot(b"{app}:events")
+    plain = same_slot_prefix("sessionmw:invalidations", ":webhook:")
+    assert plain == "{sessionmw:invalidations}:webhook:"
+    assert key_slot(f"{plain}msg-1".encode()) == key_slot(b"sessionmw:invalidations")
+
+
 def test_unreachable_cluster_is_unavailable_never_a_raw_cluster_error() -> None:
     """redis-py's cluster client raises ``RedisClusterException`` (not a
     ``RedisError``) when no node answers: the store still says

@@ -10,8 +10,11 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+import redis
+import redis.asyncio as aredis
 
 from sessionmw import BackendUnavailable, BusUnavailable, ConfigError, SessionStatus, StoredSession
 from sessionmw.answers import Answer
@@ -185,3 +188,60 @@ def test_url_forms_parse_and_bad_ones_name_the_setting() -> None:
     ):
         with pytest.raises(ConfigError, match="bus"):
             parse(bad, "bus")
+
+
+def test_sentinel_credentials_go_to_the_sentinels_and_the_data_ones_to_the_master() -> None:
+    """``sentinel_password`` authenticates the connections to the sentinels (sync
+    and asyncio clients); the URL's own password is the data nodes' only."""
+    from sessionmw._redis_url import async_client, parse, sync_client
+
+    target = parse("redis+sentinel://:pw@h:26379/svc?sentinel_password=x", "bus")
+    sync = sync_client(target)
+    asynchronous = async_client(target)
+    assert isinstance(sync, redis.Redis)
+    assert isinstance(asynchronous, aredis.Redis)
+    try:
+        for client in (sync, asynchronous):
+            pool: Any = client.connection_pool
+            assert pool.connection_kwargs["password"] == "pw"
+            sentinels = pool.sentinel_manager.sentinels
+            assert [s.connection_pool.connection_kwargs["password"] for s in sentinels] == ["x"]
+    finally:
+        sync.close()
+        asyncio.run(asynchronous.aclose())
+
+
+def test_a_sentinel_that_requires_a_password() -> None:
+    """Against a real sentinel with ``requirepass``: with ``sentinel_password`` the
+    store finds the master and works; without it the sentinel refuses, and the store
+    says BackendUnavailable at once (no retries with seconds of backoff)."""
+    engines.require("a Sentinel with a password")
+    with engines.guarded_sentinel("sentinel-pw") as engine:
+        store = RedisBackend(engine.url("?sentinel_password=sentinel-pw"), timeout=2)
+        session = _session("u-guarded")
+        try:
+            store.create(session)
+            found = store.lookup(session.session_id)
+            assert found is not None
+            assert found.user_id == "u-guarded"
+
+            async def async_lookup() -> str | None:
+                try:
+                    record = await store.alookup(session.session_id)
+                    return None if record is None else record.user_id
+                finally:
+                    # Closes the master pool and the sentinels' connections too: an
+                    # unclosed socket would be a ResourceWarning, an error here.
+                    await store.aclose()
+
+            assert asyncio.run(async_lookup()) == "u-guarded"
+        finally:
+            store.close()
+        refused = RedisBackend(engine.url(), timeout=2)
+        started = time.monotonic()
+        try:
+            with pytest.raises(BackendUnavailable, match="AuthenticationError"):
+                refused.lookup(session.session_id)
+        finally:
+            refused.close()
+        assert time.monotonic() - started < 2

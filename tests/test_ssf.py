@@ -16,14 +16,17 @@ from __future__ import annotations
 import json
 import random
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from sessionmw import Sessions, Settings
+from sessionmw import SessionRecord, Sessions, Settings
 from sessionmw._body import MAX_BODY
 from sessionmw.answers import Answer
+from sessionmw.gate import Gate
+from sessionmw.idp.receivers import SecurityEventReceiver
 from tests.oidc_provider import (
     ADAPTERS,
     AUDIENCE,
@@ -35,7 +38,7 @@ from tests.oidc_provider import (
     mounted,
     rsa_key,
 )
-from tests.test_oidc_logout import _mutations
+from tests.test_oidc_logout import FORM, _forged, _mutations, form
 
 SET_TYPE = "application/secevent+jwt"
 SSF_PATH = "/_internal/ssf"
@@ -143,6 +146,86 @@ def test_async_path(world: World, op: Provider) -> None:
     victim = world.sessions.create("gus", idp_sid="async").session_id
     assert world.apost(op.set_token(sub_id=op.session_subject("async")))[0] == 202
     assert not world.active(victim)
+
+
+def test_jti_length_limit(world: World, op: Provider) -> None:
+    """A jti of 1024 characters is accepted, one of 1025 is 400 invalid_request."""
+    victim = world.sessions.create("ike", idp_sid="long-jti").session_id
+    too_long = op.set_token(sub_id=op.session_subject("long-jti"), jti="j" * 1025)
+    for status, body in (world.post(too_long), world.apost(too_long)):
+        assert status == 400, body
+        assert body["err"] == "invalid_request"
+    assert world.active(victim)
+    assert world.post(op.set_token(sub_id=op.session_subject("long-jti"), jti="j" * 1024)) == (
+        202,
+        None,
+    )
+    assert not world.active(victim)
+
+
+@pytest.mark.parametrize("alg", ["none", "HS256"])
+def test_disallowed_alg_fetches_no_keys(world: World, op: Provider, alg: str) -> None:
+    """alg none or HS256 with a kid never seen: 400 authentication_failed, and the
+    JWKS is not fetched for it."""
+    receiver = world.gate.ssf
+    assert isinstance(receiver, SecurityEventReceiver)
+    start = op.jwks_fetches
+    token = _forged(alg, op.set_claims(sub_id=op.session_subject("s")), kid="unknown-kid")
+    for status, body in (world.post(token), world.apost(token)):
+        assert status == 400, body
+        assert body["err"] == "authentication_failed"
+    assert (receiver.keys.fetches, op.jwks_fetches - start) == (0, 0)
+
+
+def _both_routes(op: Provider) -> tuple[Gate, Sessions]:
+    gate = Gate(
+        Settings(
+            oidc_issuer=op.issuer,
+            oidc_audience=AUDIENCE,
+            ssf_issuer=op.issuer,
+            ssf_audience=AUDIENCE,
+        )
+    )
+    return gate, Sessions(gate)
+
+
+def _post(gate: Gate, path: str, body: bytes, content_type: str) -> int:
+    assert gate.routes is not None
+    return gate.routes[path].handle({"content-type": content_type}, body).status
+
+
+def test_same_jti_in_a_logout_token_and_a_set_both_apply(op: Provider) -> None:
+    """The two routes share the gate's replay guard, but a logout token and a SET
+    carrying the same jti are different tokens: both are applied."""
+    gate, sessions = _both_routes(op)
+    by_logout = sessions.create("jay", idp_sid="shared-jti-1").session_id
+    by_set = sessions.create("kim", idp_sid="shared-jti-2").session_id
+    for session_id in (by_logout, by_set):
+        assert isinstance(gate.check(session_id), SessionRecord)
+    jti = "same-jti-" + uuid.uuid4().hex
+    logout = op.logout_token(sid="shared-jti-1", jti=jti)
+    assert _post(gate, gate.settings.oidc_logout_path, form(logout), FORM) == 200
+    token = op.set_token(sub_id=op.session_subject("shared-jti-2"), jti=jti)
+    assert _post(gate, gate.settings.ssf_path, token.encode(), SET_TYPE) == 202
+    for session_id in (by_logout, by_set):
+        refused = gate.check(session_id)
+        assert isinstance(refused, Answer)
+        assert refused.status == 401
+
+
+def test_events_received_are_counted_by_source(op: Provider) -> None:
+    """Events from the logout route count as source oidc, those of a SET as ssf;
+    none as hook."""
+    gate, sessions = _both_routes(op)
+    sessions.create("lou", idp_sid="by-source-1")
+    sessions.create("lou", idp_sid="by-source-2")
+    sessions.create("max", idp_sid="by-source-3")
+    logout = op.logout_token(sid="by-source-1")
+    assert _post(gate, gate.settings.oidc_logout_path, form(logout), FORM) == 200
+    assert gate.stats()["events_received"] == {"oidc": 1}
+    token = op.set_token(sub_id=op.user_subject("lou"))  # one session left, one watermark
+    assert _post(gate, gate.settings.ssf_path, token.encode(), SET_TYPE) == 202
+    assert gate.stats()["events_received"] == {"oidc": 1, "ssf": 2}
 
 
 # -- refusals ----------------------------------------------------------------------------

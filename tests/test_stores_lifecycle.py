@@ -309,6 +309,11 @@ async def test_ids_for_idp_sid(case: Case) -> None:
     assert store.ids_for_idp_sid("idp-x") == ["x1", "x2"], "any status"
     assert await both(store.ids_for_idp_sid, store.aids_for_idp_sid, "idp-y") == ["y1"]
     assert await both(store.ids_for_idp_sid, store.aids_for_idp_sid, "unknown") == []
+    # Exact matches only: "idp-1" is a prefix of "idp-10" and names another session.
+    store.create(session("p1", idp_sid="idp-1"))
+    store.create(session("p10", idp_sid="idp-10"))
+    assert await both(store.ids_for_idp_sid, store.aids_for_idp_sid, "idp-1") == ["p1"]
+    assert await both(store.ids_for_idp_sid, store.aids_for_idp_sid, "idp-") == []
 
 
 # -- touch_many ------------------------------------------------------------------------
