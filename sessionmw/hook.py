@@ -19,6 +19,7 @@ keys: a hook with only ``whsec_`` secrets ignores ``v1a`` entries, one with only
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -60,14 +61,13 @@ _ED25519_SIGNATURE_BYTES = 64
 
 
 class Publisher(Protocol):
-    """What the hook needs of a bus: publishing, and the replay guard."""
+    """What the hook needs of a bus: publishing, and the replay guard (both blocking;
+    :meth:`InvalidationHook.ahandle` calls them from a worker thread)."""
 
     @property
     def replay_guard(self) -> ReplayGuard: ...
 
     def publish(self, events: Sequence[Event]) -> None: ...
-
-    async def apublish(self, events: Sequence[Event]) -> None: ...
 
 
 def secret_key(secret: str) -> bytes:
@@ -212,12 +212,9 @@ class InvalidationHook:
 
     # -- entry points ------------------------------------------------------------
 
-    def handle(self, headers: Mapping[str, str], body: bytes) -> Answer:
-        """Process a POST whose body was read within the limit (sync adapters)."""
-        events = self._check(headers, body)
-        if isinstance(events, Answer):
-            return events
-        guard, webhook_id = self._bus.replay_guard, headers["webhook-id"]
+    def _deliver(self, webhook_id: str, events: list[Event]) -> Answer:
+        """Claim the ID, apply, publish; on failure release the ID (the producer retries)."""
+        guard = self._bus.replay_guard
         try:
             if not guard.claim(webhook_id):
                 return self._duplicate()
@@ -232,21 +229,21 @@ class InvalidationHook:
             return self._unpublished(exc)
         return self._applied(events)
 
-    async def ahandle(self, headers: Mapping[str, str], body: bytes) -> Answer:
-        """Process a POST whose body was read within the limit (async adapters)."""
+    def handle(self, headers: Mapping[str, str], body: bytes) -> Answer:
+        """Process a POST whose body was read within the limit (sync adapters)."""
         events = self._check(headers, body)
         if isinstance(events, Answer):
             return events
-        guard, webhook_id = self._bus.replay_guard, headers["webhook-id"]
-        try:
-            if not await guard.aclaim(webhook_id):
-                return self._duplicate()
-        except Exception as exc:
-            return self._unpublished(exc)
-        try:
-            self._apply(events)
-            await self._bus.apublish(events)
-        except Exception as exc:
-            await guard.arelease(webhook_id)
-            return self._unpublished(exc)
-        return self._applied(events)
+        return self._deliver(headers["webhook-id"], events)
+
+    async def ahandle(self, headers: Mapping[str, str], body: bytes) -> Answer:
+        """Process a POST whose body was read within the limit (async adapters).
+
+        The check is CPU work done here; the delivery runs whole in one worker thread,
+        as the guard and the bus do blocking I/O, and a cancelled request then cannot
+        stop it between the claim and the release.
+        """
+        events = self._check(headers, body)
+        if isinstance(events, Answer):
+            return events
+        return await asyncio.to_thread(self._deliver, headers["webhook-id"], events)

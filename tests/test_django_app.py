@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import subprocess
 import sys
 import time
@@ -383,19 +384,79 @@ def test_admin_changelist_filters_and_search(admin_client: Client) -> None:
     assert admin_client.get(CHANGELIST + "add/").status_code == 403
 
 
+REVOKE = {"action": "revoke_sessions"}
+#: The confirmation page's own markup (its "Yes, revoke" form).
+CONFIRM_MARK = '<input type="hidden" name="post" value="yes">'
+
+
+def _without_values(page: str) -> str:
+    """The page without its attributes' values (where the action's hidden inputs and
+    the changelist's checkboxes carry the raw IDs, as Django's admin needs them)."""
+    return re.sub(r'value="[^"]*"', "", page)
+
+
+def test_admin_revoke_asks_for_confirmation_first(admin_client: Client) -> None:
+    """The action's first POST answers with a confirmation page: the selected sessions
+    by hash (never the raw ID as text), user and status, their count, the hidden
+    inputs that confirm, a CSRF token and a way back; nothing is revoked yet."""
+    store = DjangoBackend()
+    store.create(stored("alice-secret-sid"))
+    store.create(stored("bob-secret-sid", "bob"))
+    store.create(stored("carol-secret-sid", "carol"))
+    store.revoke("bob-secret-sid")
+    gate = sessions().gate
+    assert gate.check("alice-secret-sid") == store.get("alice-secret-sid").record()  # type: ignore[union-attr]
+    selected = ["alice-secret-sid", "bob-secret-sid"]
+    response = admin_client.post(CHANGELIST, {**REVOKE, "_selected_action": selected})
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert CONFIRM_MARK in page
+    text = _without_values(page)
+    assert hash_id("alice-secret-sid") in text
+    assert hash_id("bob-secret-sid") in text
+    assert hash_id("carol-secret-sid") not in text  # not selected
+    for sid in ("alice-secret-sid", "bob-secret-sid", "carol-secret-sid"):
+        assert sid not in text
+    rows = re.findall(r"<tr><td><code>(\w+)</code></td><td>(\w+)</td><td>(\w+)</td></tr>", page)
+    assert sorted(rows) == sorted(
+        [
+            (hash_id("alice-secret-sid"), "alice", "active"),
+            (hash_id("bob-secret-sid"), "bob", "revoked"),
+        ]
+    )
+    assert "revoke the 2 selected sessions" in page
+    assert "(1 active)" in page
+    hidden = re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', page)
+    assert sorted(v for n, v in hidden if n == "_selected_action") == selected
+    assert ("action", "revoke_sessions") in hidden
+    assert ("post", "yes") in hidden
+    assert 'name="csrfmiddlewaretoken"' in page
+    assert f'href="{CHANGELIST}" class="button cancel-link"' in page
+    assert "<title>Revoke device sessions" in page
+    # Nothing revoked, nothing pushed, the cache still holds the session as valid.
+    assert store.get("alice-secret-sid").status is SessionStatus.ACTIVE  # type: ignore[union-attr]
+    assert gate.events_applied == {}
+    assert gate.hit("alice-secret-sid") is not None
+
+
 def test_admin_revoke_action_goes_through_sessions(admin_client: Client) -> None:
-    """The Revoke action revokes in the store and pushes the events: the gate's
-    cache, which held the session as valid, refuses it at once."""
+    """Confirmed (``post=yes``), the Revoke action revokes in the store and pushes the
+    events: the gate's cache, which held the session as valid, refuses it at once."""
     store = DjangoBackend()
     store.create(stored("victim"))
     store.create(stored("bystander"))
     gate = sessions().gate
     assert gate.check("victim") == store.get("victim").record()  # type: ignore[union-attr]
     assert gate.hit("victim") is not None  # cached as valid
+    confirm = admin_client.post(CHANGELIST, {**REVOKE, "_selected_action": ["victim"]})
+    assert confirm.status_code == 200
+    assert hash_id("victim") in confirm.content.decode()
+    assert gate.events_applied == {}
     response = admin_client.post(
-        CHANGELIST, {"action": "revoke_sessions", "_selected_action": ["victim"]}, follow=True
+        CHANGELIST, {**REVOKE, "_selected_action": ["victim"], "post": "yes"}, follow=True
     )
     assert response.status_code == 200
+    assert response.redirect_chain == [(CHANGELIST, 302)]
     assert "Revoked 1 session(s)" in response.content.decode()
     assert store.get("victim").status is SessionStatus.REVOKED  # type: ignore[union-attr]
     assert gate.events_applied == {"session_revoked": 1}
@@ -418,7 +479,7 @@ def test_admin_revoke_pushes_the_event_of_an_already_revoked_session(
     assert store.revoke("half-done") is True  # in the store only: no event
     assert gate.hit("half-done") is not None  # still cached as valid
     response = admin_client.post(
-        CHANGELIST, {"action": "revoke_sessions", "_selected_action": ["half-done"]}, follow=True
+        CHANGELIST, {**REVOKE, "_selected_action": ["half-done"], "post": "yes"}, follow=True
     )
     assert gate.events_applied == {"session_revoked": 1}
     assert gate.hit("half-done") is None
@@ -461,8 +522,12 @@ def test_admin_revoke_needs_the_change_permission() -> None:
         assert page.status_code == 200
         assert hash_id("kept") in page.content.decode()
         assert "revoke_sessions" not in page.content.decode()
-        client.post(CHANGELIST, {"action": "revoke_sessions", "_selected_action": ["kept"]})
+        for form in ({}, {"post": "yes"}):  # neither the confirmation page nor the revoke
+            answer = client.post(CHANGELIST, {**REVOKE, "_selected_action": ["kept"], **form})
+            assert answer.status_code == 200  # the changelist again: no such action
+            assert CONFIRM_MARK not in answer.content.decode()
     assert DjangoBackend().get("kept").status is SessionStatus.ACTIVE  # type: ignore[union-attr]
+    assert sessions().gate.events_applied == {}
 
 
 # -- the management command ------------------------------------------------------------

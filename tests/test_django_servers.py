@@ -3,7 +3,8 @@ in Django's own SQLite database (``SESSIONMW_BACKEND=django``), a Redis bus on a
 stream of its own, the admin and DRF.
 
 * A session every worker holds as valid is revoked from the admin (a real login, CSRF
-  token, the Revoke action): every worker refuses it within a bound.
+  token, the Revoke action and its confirmation page): every worker refuses it within
+  a bound.
 * The same through ``manage.py sessionmw_sessions revoke`` run as its own process: the
   command publishes on the bus, so the server's workers refuse it too.
 * DRF's ``/api/whoami``: a device session, a DRF token, neither, a revoked session.
@@ -23,6 +24,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from sessionmw._log import hash_id
 from tests.conftest import REDIS_URL, require_service
 from tests.servers import access_logged, clean_env, free_port, running
 from tests.test_lifecycle_servers import HTTP, Cluster, _login
@@ -146,14 +148,19 @@ def test_admin_revoke_is_refused_by_every_worker(deployment: Deployment) -> None
         assert victim not in re.sub(r'value="[^"]*"', "", listing.text)  # hashes only
         csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', listing.text)
         assert csrf is not None
+        form = {"action": "revoke_sessions", "_selected_action": victim, "index": "0"}
+        confirm = admin.post(CHANGELIST, data={"csrfmiddlewaretoken": csrf.group(1), **form})
+        # The confirmation page: the session by its hash, never its raw ID as text.
+        assert confirm.status_code == 200, confirm.text
+        assert '<input type="hidden" name="post" value="yes">' in confirm.text
+        assert hash_id(victim) in confirm.text
+        assert victim not in re.sub(r'value="[^"]*"', "", confirm.text)
+        assert len(cluster.warm(victim)) == 3  # nothing revoked yet: every worker serves it
+        csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', confirm.text)
+        assert csrf is not None
         done = admin.post(
             CHANGELIST,
-            data={
-                "csrfmiddlewaretoken": csrf.group(1),
-                "action": "revoke_sessions",
-                "_selected_action": victim,
-                "index": "0",
-            },
+            data={"csrfmiddlewaretoken": csrf.group(1), **form, "post": "yes"},
             follow_redirects=True,
         )
     finally:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from sessionmw.answers import DUPLICATE
 from sessionmw.events import Event, SessionRevoked, UserSessionsRevoked
 from sessionmw.hook import InvalidationHook
 from sessionmw.replay import LocalReplayGuard, ReplayGuard
@@ -185,3 +186,55 @@ def test_future_before_never_revokes_a_later_login() -> None:
     old = cache.lookup("old")
     assert old is not None
     assert old.status is SessionStatus.REVOKED
+
+
+@pytest.mark.parametrize("error", [None, ConnectionError("bus down")], ids=["ok", "fails"])
+async def test_async_delivery_frees_the_loop_and_survives_a_cancelled_request(
+    error: BaseException | None,
+) -> None:
+    """While the bus blocks, the loop keeps running; cancelling the request does not
+    stop the delivery halfway: it is published, or it fails and the ID is released."""
+    import asyncio
+    import threading
+
+    entered, go_on, left = threading.Event(), threading.Event(), threading.Event()
+
+    class SlowBus(FakeBus):
+        def publish(self, events: Sequence[Event]) -> None:
+            entered.set()
+            try:
+                assert go_on.wait(20)
+                super().publish(events)
+            finally:
+                left.set()
+
+    bus = SlowBus(error)
+    hook, applied = make(bus)
+    headers, body = request([{"type": "session_revoked", "session_id": "s1"}])
+    task = asyncio.create_task(hook.ahandle(headers, body))
+    ticks = 0
+    while not (entered.is_set() and ticks >= 5) and ticks < 2000:
+        await asyncio.sleep(0.01)  # runs only if publish does not hold the loop
+        ticks += 1
+    assert entered.is_set()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    go_on.set()
+    assert await asyncio.to_thread(left.wait, 20)
+    # The worker thread went on after the cancel: published, or released the ID (just
+    # after publish raised: poll for it) so the producer's retry goes through.
+    bus.error = None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    answer = hook.handle(headers, body)
+    while error is not None and answer == DUPLICATE and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+        answer = hook.handle(headers, body)
+    assert bus.published == [[SessionRevoked("s1")]]
+    if error is None:
+        assert answer == DUPLICATE
+        assert applied == [[SessionRevoked("s1")]]
+    else:
+        assert json.loads(answer.body) == {"applied": 1}
+        assert applied == [[SessionRevoked("s1")]] * 2

@@ -37,6 +37,12 @@ OPTIONAL = (
     "prometheus_client",
 )
 
+#: A non-Python file the package needs at run time (the Django app's template).
+REVOKE_TEMPLATE = (
+    "sessionmw/contrib/django/templates/admin/sessionmw/devicesession/"
+    "revoke_selected_confirmation.html"
+)
+
 
 def run(*args: str | Path, timeout: float = 300, cwd: Path = ROOT) -> str:
     result = subprocess.run(
@@ -94,7 +100,12 @@ def test_artifacts_hold_the_package_and_typing_marker(dist: dict[str, Path]) -> 
         names = set(wheel.namelist())
         metadata = wheel.read(f"sessionmw-{version}.dist-info/METADATA").decode()
         entry_points = wheel.read(f"sessionmw-{version}.dist-info/entry_points.txt").decode()
-    assert {"sessionmw/__init__.py", "sessionmw/py.typed", "sessionmw/metrics.py"} <= names
+    assert {
+        "sessionmw/__init__.py",
+        "sessionmw/py.typed",
+        "sessionmw/metrics.py",
+        REVOKE_TEMPLATE,  # a data file: the Django admin's Revoke confirmation page
+    } <= names
     assert not any(name.startswith(("tests/", "examples/", "docs/")) for name in names)
     assert "sessionmw = sessionmw.cli:main" in entry_points
     requires = re.findall(r"^Requires-Dist: ([\w.-]+)(.*)$", metadata, flags=re.M)
@@ -114,6 +125,7 @@ def test_artifacts_hold_the_package_and_typing_marker(dist: dict[str, Path]) -> 
         "examples/metrics_app.py",
         "tests/test_packaging.py",
         "sessionmw/py.typed",
+        REVOKE_TEMPLATE,
     ):
         assert needed in members, needed
 

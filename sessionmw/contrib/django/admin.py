@@ -4,8 +4,10 @@ Rows are read-only here: sessions are created by :meth:`sessionmw.Sessions.creat
 revoked by the action, which goes through :meth:`sessionmw.Sessions.revoke` of the
 app's gate (``sessionmw.contrib.django.sessions()``), so the revocation is applied to
 this process's cache and published on the bus to every other worker before the
-admin answers. Editing or deleting a row directly would skip those events, so the
-admin offers neither.
+admin answers. Like Django's own "Delete selected", the action first shows a
+confirmation page (the selected sessions by hash, user and status); only its "Yes,
+revoke" button revokes. Editing or deleting a row directly would skip those events,
+so the admin offers neither.
 
 Session IDs are bearer credentials: the changelist shows the short hash sessionmw's
 logs use (so a log line can be matched to a row), links to no per-session page (its
@@ -19,8 +21,10 @@ import datetime
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
 
 from sessionmw._log import hash_id
 from sessionmw.contrib.django.models import DeviceSession
@@ -113,8 +117,58 @@ class DeviceSessionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         user: Any = request.user
         return bool(user.has_perm(f"{opts.app_label}.change_{opts.model_name}"))
 
+    #: The confirmation page of the Revoke action; None: the first of
+    #: ``admin/sessionmw/devicesession/revoke_selected_confirmation.html`` and
+    #: ``admin/sessionmw/revoke_selected_confirmation.html`` (Django's lookup order).
+    revoke_selected_confirmation_template: str | None = None
+
     @admin.action(description="Revoke selected sessions", permissions=["revoke"])
-    def revoke_sessions(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+    def revoke_sessions(
+        self, request: HttpRequest, queryset: QuerySet[Any]
+    ) -> TemplateResponse | None:
+        """Without ``post`` in the form: the confirmation page. With it (the page's
+        "Yes, revoke" button): revoke each selected session, then the changelist."""
+        if not request.POST.get("post"):
+            return self._confirm_revoke(request, queryset)
+        self._revoke(request, queryset)
+        return None
+
+    def _confirm_revoke(self, request: HttpRequest, queryset: QuerySet[Any]) -> TemplateResponse:
+        opts = self.opts
+        rows = list(
+            queryset.order_by("user_id", "session_id").values_list(
+                "session_id", "user_id", "status"
+            )
+        )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Revoke device sessions",
+            "subtitle": None,
+            "opts": opts,
+            "media": self.media,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            # The raw IDs only as the hidden inputs' values (as the changelist's
+            # checkboxes carry them); the page shows each session by its hash.
+            "selected": [session_id for session_id, _, _ in rows],
+            "sessions": [
+                {"hash": hash_id(session_id), "user_id": user_id, "status": status}
+                for session_id, user_id, status in rows
+            ],
+            "count": len(rows),
+            "active": sum(1 for _, _, status in rows if status == "active"),
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(
+            request,
+            self.revoke_selected_confirmation_template
+            or [
+                f"admin/{opts.app_label}/{opts.model_name}/revoke_selected_confirmation.html",
+                f"admin/{opts.app_label}/revoke_selected_confirmation.html",
+            ],
+            context,
+        )
+
+    def _revoke(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         from sessionmw.contrib.django import sessions
 
         lifecycle = sessions()
