@@ -54,7 +54,7 @@ from typing import Final, Literal, Protocol, TypeVar
 from sessionmw import _fork
 from sessionmw._log import BACKEND_UNAVAILABLE, CACHE_STALE_SERVED, cause, get_logger, hash_id
 from sessionmw.errors import BackendUnavailable, ConfigError
-from sessionmw.records import SessionRecord, SessionStatus
+from sessionmw.records import SessionRecord, SessionStatus, plain
 
 __all__ = ["MISS", "LookupBackend", "MemoryCache", "Miss"]
 
@@ -186,7 +186,7 @@ class MemoryCache:
     drives every TTL; ``wall_clock`` is compared with records' ``issued_at`` only.
 
     >>> from sessionmw.backends import MemoryBackend
-    >>> from sessionmw.records import SessionRecord, SessionStatus
+    >>> from sessionmw.records import SessionRecord, SessionStatus, plain
     >>> backend = MemoryBackend([SessionRecord("s1", "u1", SessionStatus.ACTIVE)])
     >>> cache = MemoryCache(backend, max_entries=1000)
     >>> cache.lookup("s1").status
@@ -525,14 +525,7 @@ class MemoryCache:
             observe = self._fetch_observer
             if observe is not None and last_seen is not None:
                 observe(session_id, last_seen)
-            record = SessionRecord(
-                record.session_id,
-                record.user_id,
-                record.status,
-                record.expires_at,
-                record.issued_at,
-                record.data,
-            )
+            record = plain(record)
         with self._lock:
             if self._flights.get(session_id) is flight:
                 del self._flights[session_id]

@@ -70,9 +70,29 @@ class StoredSession(SessionRecord):
 
     def record(self) -> SessionRecord:
         """The plain record (what the cache holds and the middlewares attach)."""
-        return SessionRecord(
-            self.session_id, self.user_id, self.status, self.expires_at, self.issued_at, self.data
-        )
+        return plain(self)
+
+
+def plain(record: SessionRecord) -> SessionRecord:
+    """``record``'s fields as a plain :class:`SessionRecord` (of a subclass a store
+    returns: the cache keeps plain records only)."""
+    return SessionRecord(
+        record.session_id,
+        record.user_id,
+        record.status,
+        record.expires_at,
+        record.issued_at,
+        record.data,
+    )
+
+
+def newest_first(sessions: list[StoredSession]) -> list[StoredSession]:
+    """Sort in place, and return, ``sessions`` as listings show them: ``issued_at``
+    descending, unknown ones last, ties by session ID (SQL stores say the same with
+    ``ORDER BY issued_at DESC NULLS LAST, session_id``)."""
+    sessions.sort(key=lambda s: s.session_id)
+    sessions.sort(key=lambda s: (s.issued_at is None, -(s.issued_at or 0.0)))
+    return sessions
 
 
 class MalformedRecord(ValueError):

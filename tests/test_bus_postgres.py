@@ -574,13 +574,30 @@ async def test_async_publish_does_not_block_the_loop(
             await asyncio.sleep(0.01)
             ticks += 1
 
-    with psycopg.connect(postgres_url) as locker:
+    waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = %s::regclass"
+
+    def publish_waits(conn: psycopg.Connection[Any]) -> bool:
+        row = conn.execute(waiting, (table,)).fetchone()
+        return row is not None and row[0] > 0
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEADLINE
+    with (
+        psycopg.connect(postgres_url) as locker,
+        psycopg.connect(postgres_url, autocommit=True) as watcher,
+    ):
         locker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
         tick = asyncio.create_task(ticker())
         publishing = asyncio.create_task(bus.apublish([SessionRevoked("a")]))
-        await asyncio.sleep(0.5)
+        # Polling: until the publish is queued behind the lock (pg_locks says so)...
+        while not await asyncio.to_thread(publish_waits, watcher):
+            assert loop.time() < deadline, "the publish never reached the lock"
+        # ...and then until the ticker has run 10 more times while it still waits.
+        start = ticks
+        while ticks < start + 10:
+            assert loop.time() < deadline, "the loop was blocked"
+            await asyncio.sleep(0.01)  # polling the ticker
         assert not publishing.done()  # really waiting on the lock
-        assert ticks >= 10, ticks  # ~50 if the loop runs freely; 0 if blocked
         locker.commit()
         await asyncio.wait_for(publishing, DEADLINE)
         tick.cancel()

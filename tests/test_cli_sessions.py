@@ -13,19 +13,8 @@ import pytest
 import sqlalchemy as sa
 
 from sessionmw.backends.sql import SQLBackend
-from sessionmw.cli import main
 from tests.servers import ROOT, clean_env
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of ``sessionmw argv...`` in-process."""
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:  # argparse: --help, usage errors
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
+from tests.test_cli import run
 
 # -- a missing driver ------------------------------------------------------------------
 

@@ -46,11 +46,13 @@ from sessionmw.wsgi import ENVIRON_KEY
 from tests.test_activity import Clock as ActivityClock
 from tests.test_activity import CountingStore, gate_with, stored
 from tests.test_activity import make as make_flusher
+from tests.test_asgi import Recorder
 from tests.test_hook_core import NOW, SECRET, FakeBus, request
 from tests.test_hook_core import make as make_hook
+from tests.test_wsgi import Inner
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+    pass
 
 WALL = 1_767_225_600.0
 MONO = 1000.0
@@ -146,16 +148,6 @@ def record(session_id: str, expires_at: float | None = None) -> SessionRecord:
 # -- ASGI --------------------------------------------------------------------------
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.scopes: list[MutableMapping[str, Any]] = []
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        self.scopes.append(scope)
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"inner"})
-
-
 async def asgi_status(app: Any, session_id: str) -> int:
     scope = {
         "type": "http",
@@ -249,16 +241,6 @@ async def test_asgi_hook_refuses_two_different_content_lengths() -> None:
 
 
 # -- WSGI --------------------------------------------------------------------------
-
-
-class Inner:
-    def __init__(self) -> None:
-        self.environs: list[WSGIEnvironment] = []
-
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        self.environs.append(environ)
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return [b"inner"]
 
 
 def wsgi_status(app: Any, session_id: str, path: str = "/") -> int:

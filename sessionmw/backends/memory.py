@@ -13,6 +13,7 @@ from sessionmw.records import (
     StoredSession,
     latest_touches,
     lookup_answer,
+    newest_first,
 )
 
 
@@ -27,13 +28,6 @@ def _stored(record: SessionRecord) -> StoredSession:
         record.issued_at,
         record.data,
     )
-
-
-def _newest_first(sessions: list[StoredSession]) -> list[StoredSession]:
-    """``issued_at`` descending, unknown ones last, ties by session ID."""
-    sessions.sort(key=lambda s: s.session_id)
-    sessions.sort(key=lambda s: (s.issued_at is None, -(s.issued_at or 0.0)))
-    return sessions
 
 
 class MemoryBackend:
@@ -121,7 +115,7 @@ class MemoryBackend:
         now = time.time()
         with self._lock:
             found = [_stored(self._records[sid]) for sid in self._by_user.get(user_id, ())]
-        return _newest_first([s for s in found if s.active and not s.expired(now)])
+        return newest_first([s for s in found if s.active and not s.expired(now)])
 
     async def alist_user(self, user_id: str) -> list[StoredSession]:
         return self.list_user(user_id)

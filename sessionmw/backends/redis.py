@@ -67,6 +67,7 @@ from sessionmw.records import (
     epoch_time,
     latest_touches,
     lookup_answer,
+    newest_first,
     stored_or_none,
 )
 
@@ -461,9 +462,7 @@ class RedisBackend:
                 client.srem(set_key, *gone)
         except REDIS_ERRORS as exc:
             raise self._unavailable(exc) from None
-        found.sort(key=lambda s: s.session_id)
-        found.sort(key=lambda s: (s.issued_at is None, -(s.issued_at or 0.0)))
-        return found
+        return newest_first(found)
 
     async def alist_user(self, user_id: str) -> list[StoredSession]:
         return await self._off_loop(self.list_user, user_id)
