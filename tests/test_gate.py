@@ -171,8 +171,8 @@ def test_hook_signature_failures(gate: Gate) -> None:
         ("webhook-signature", "v1,a,b"),
         ("webhook-timestamp", "nan"),
         ("webhook-timestamp", "1e300"),
-        ("webhook-timestamp", str(int(time.time()) - 301)),
-        ("webhook-timestamp", str(int(time.time()) + 301)),
+        ("webhook-timestamp", str(int(time.time()) - 330)),
+        ("webhook-timestamp", str(int(time.time()) + 330)),
         ("webhook-id", ""),
     ]:
         response = gate.hook.handle({**headers, name: value}, body)
